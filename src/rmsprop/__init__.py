@@ -1,0 +1,26 @@
+"""RMSProp for PyTorch, done properly.
+
+- :class:`RMSprop`: a drop-in ``torch.optim.RMSprop`` with every major
+  framework's semantics by name (``preset=``) or knob.
+- :class:`RMSPropOptimizer`: the seed tutorial's class.
+- :data:`PRESETS`: the frameworks' variants, as data.
+- :mod:`rmsprop.functional`: the functional form.
+- :func:`rmsprop.engine.rmsprop_update`: the one definition of the update.
+"""
+
+from . import functional
+from .engine import rmsprop_update
+from .optimizer import LAYOUT_VERSION, RMSprop
+from .presets import PRESETS, Preset
+from .seed import RMSPropOptimizer
+
+__all__ = [
+    "LAYOUT_VERSION",
+    "PRESETS",
+    "Preset",
+    "RMSPropOptimizer",
+    "RMSprop",
+    "functional",
+    "rmsprop_update",
+]
+__version__ = "0.1.0"

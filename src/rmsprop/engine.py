@@ -1,0 +1,154 @@
+"""The one definition of the RMSProp update.
+
+:func:`rmsprop_update` is a pure function of (θ, g, state, knobs) that returns
+the new values; it changes none of its inputs. The reference path calls it per
+tensor and copies the results into place; later paths (a compiled, fused one)
+call the very same function, so they cannot drift from it. The foreach path is
+the only restatement of the maths, and the tests hold it to this function in
+float64.
+
+The numbered lines (1)…(14) are those of :class:`rmsprop.RMSprop`'s docstring.
+
+The operations are PyTorch's own fused primitives (``addcmul``, ``addcdiv``,
+``lerp``, ``add(alpha=)``) in PyTorch's order wherever the knobs are PyTorch's,
+so that the "torch" preset reproduces ``torch.optim.RMSprop`` bit for bit:
+those kernels round differently from the same formula written with ``*`` and
+``+`` (they fuse multiply-adds).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Hyper", "NewState", "rmsprop_update", "bias_correction_factor"]
+
+Scalar = float | Tensor
+
+
+class Hyper(NamedTuple):
+    """The resolved knobs of one param group, as the engine reads them.
+
+    Numbers are Python scalars (or, for ``lr``, a 0-d tensor when the group is
+    capturable), so no value is rounded below the parameter's precision.
+    """
+
+    lr: Scalar
+    alpha: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    centered: bool
+    maximize: bool
+    eps_in_sqrt: bool
+    lr_in_momentum: bool
+    nesterov: bool
+    decoupled_weight_decay: bool
+    bias_correction: bool
+
+    @classmethod
+    def from_group(cls, group: dict) -> Hyper:
+        return cls(**{name: group[name] for name in cls._fields})
+
+
+class NewState(NamedTuple):
+    """What one step produces; ``None`` for a buffer the knobs do not use."""
+
+    param: Tensor
+    square_avg: Tensor
+    grad_avg: Tensor | None
+    momentum_buffer: Tensor | None
+
+
+def bias_correction_factor(alpha: float, step: Tensor, like: Tensor) -> Tensor:
+    """1 − αᵗ as a 0-d tensor on ``like``'s device, at ``like``'s precision or wider.
+
+    Computed from the step tensor, never read back to the host.
+    """
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    t = step.to(device=like.device, dtype=dtype)
+    return 1 - torch.pow(torch.as_tensor(alpha, dtype=dtype, device=like.device), t)
+
+
+def _add(x: Tensor, y: Tensor, alpha: Scalar) -> Tensor:
+    """x + alpha·y, with PyTorch's fused kernel when alpha is a number."""
+    if isinstance(alpha, Tensor):
+        return x + alpha * y
+    return torch.add(x, y, alpha=alpha)
+
+
+def _addcdiv(x: Tensor, a: Tensor, b: Tensor, value: Scalar) -> Tensor:
+    """x + value·a/b, with PyTorch's fused kernel when value is a number."""
+    if isinstance(value, Tensor):
+        return x + value * (a / b)
+    return torch.addcdiv(x, a, b, value=value)
+
+
+def rmsprop_update(
+    param: Tensor,
+    grad: Tensor,
+    square_avg: Tensor,
+    grad_avg: Tensor | None,
+    momentum_buffer: Tensor | None,
+    step: Tensor,
+    hyper: Hyper,
+) -> NewState:
+    """One RMSProp step for one tensor, out of place.
+
+    Args:
+        param: θ (real; complex parameters are passed as ``view_as_real``).
+        grad: g, the gradient of θ.
+        square_avg: v, the running average of g².
+        grad_avg: ḡ, the running average of g (used when ``hyper.centered``).
+        momentum_buffer: b (used when ``hyper.momentum > 0``).
+        step: t, the step count *after* this step (used by bias correction).
+        hyper: the group's knobs.
+
+    Returns:
+        The new θ, v, ḡ and b; ḡ and b are ``None`` when the knobs do not use them.
+    """
+    lr, alpha, eps, wd, mu = hyper.lr, hyper.alpha, hyper.eps, hyper.weight_decay, hyper.momentum
+
+    g = grad.neg() if hyper.maximize else grad  # (1)
+    if wd != 0:
+        if hyper.decoupled_weight_decay:
+            param = param.mul(1 - lr * wd)  # (2) θ ← θ·(1 − η·λ)
+        else:
+            g = g.add(param, alpha=wd)  # (3) g ← g + λ·θ
+
+    v = square_avg.mul(alpha).addcmul(g, g, value=1 - alpha)  # (4) v ← α·v + (1 − α)·g²
+    m = grad_avg.lerp(g, 1 - alpha) if hyper.centered else None  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
+
+    v_hat, m_hat = v, m
+    if hyper.bias_correction:  # (6) v̂ ← v/(1 − αᵗ), ḡ̂ ← ḡ/(1 − αᵗ)
+        correction = bias_correction_factor(alpha, step, param)
+        v_hat = v / correction
+        m_hat = m / correction if m is not None else None
+
+    if m_hat is not None:  # (7) r ← v̂ − ḡ̂²  (centered), else r ← v̂
+        radicand = v_hat.addcmul(m_hat, m_hat, value=-1)
+        if hyper.eps_in_sqrt:  # (8) d ← sqrt(max(r + ε, 0))
+            denom = radicand.add(eps).clamp_min(0).sqrt()
+        else:  # (8) d ← sqrt(max(r, 0)) + ε
+            denom = radicand.clamp_min(0).sqrt().add(eps)
+    elif hyper.eps_in_sqrt:  # (8) d ← sqrt(v̂ + ε)
+        denom = v_hat.add(eps).sqrt()
+    else:  # (8) d ← sqrt(v̂) + ε
+        denom = v_hat.sqrt().add(eps)
+
+    # (9) u ← g/d is folded into addcdiv below, as PyTorch does.
+    if mu == 0:
+        return NewState(_addcdiv(param, g, denom, -lr), v, m, None)  # (10) θ ← θ − η·u
+
+    if hyper.lr_in_momentum:
+        b = _addcdiv(momentum_buffer.mul(mu), g, denom, lr)  # (13) b ← μ·b + η·u
+        if hyper.nesterov:
+            return NewState(param - _addcdiv(b.mul(mu), g, denom, lr), v, m, b)  # (14') η·u + μ·b
+        return NewState(param - b, v, m, b)  # (14) θ ← θ − b
+
+    b = momentum_buffer.mul(mu).addcdiv(g, denom)  # (11) b ← μ·b + u
+    if hyper.nesterov:
+        return NewState(_add(param, b.mul(mu).addcdiv(g, denom), -lr), v, m, b)  # (12') u + μ·b
+    return NewState(_add(param, b, -lr), v, m, b)  # (12) θ ← θ − η·b

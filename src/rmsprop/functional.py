@@ -1,0 +1,75 @@
+"""Functional form, as ``torch.optim`` has one: ``rmsprop.functional.rmsprop``.
+
+Same positional arguments as :func:`torch.optim._functional.rmsprop` (lists of
+tensors, the momentum and centered lists empty when unused), plus this
+library's semantic knobs as keywords, defaulting to PyTorch's semantics.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .engine import Hyper
+from .paths import PATHS, choose_path
+
+__all__ = ["rmsprop"]
+
+
+def rmsprop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    grad_avgs: list[Tensor],
+    momentum_buffer_list: list[Tensor],
+    state_steps: list[Tensor],
+    foreach: bool | None = None,
+    maximize: bool = False,
+    differentiable: bool = False,
+    capturable: bool = False,
+    has_complex: bool = False,
+    *,
+    lr: float | Tensor,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    eps_in_sqrt: bool = False,
+    lr_in_momentum: bool = False,
+    nesterov: bool = False,
+    decoupled_weight_decay: bool = False,
+    bias_correction: bool = False,
+) -> None:
+    """Apply one RMSProp step in place to ``params`` and their state.
+
+    See :class:`rmsprop.RMSprop` for the formula and the meaning of each knob.
+    ``state_steps`` holds one 0-d tensor per parameter, incremented here.
+    ``has_complex`` is accepted for signature compatibility with PyTorch;
+    complex tensors are detected per tensor.
+
+    A tensor ``lr`` is read as a Python number unless ``capturable=True``, as
+    PyTorch does; with ``capturable=True`` it stays a tensor (no host read).
+    """
+    del has_complex  # complex tensors are recognised one by one
+    if not all(isinstance(t, Tensor) for t in state_steps):
+        raise RuntimeError(
+            "API has changed, `state_steps` argument must contain a list of singleton tensors"
+        )
+    if isinstance(lr, Tensor):
+        lr = lr.reshape(()) if capturable else lr.item()
+    hyper = Hyper(
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        centered=centered,
+        maximize=maximize,
+        eps_in_sqrt=eps_in_sqrt,
+        lr_in_momentum=lr_in_momentum,
+        nesterov=nesterov,
+        decoupled_weight_decay=decoupled_weight_decay,
+        bias_correction=bias_correction,
+    )
+    path = choose_path(params, foreach, differentiable)
+    PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, hyper)

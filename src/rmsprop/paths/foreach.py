@@ -1,0 +1,134 @@
+"""The foreach path: the update restated with ``torch._foreach_*`` ops.
+
+Tensors are grouped by device and dtype and every line of the formula runs as
+one multi-tensor op over the group. This is the one place the maths is written
+a second time; ``tests/test_paths.py`` holds it to :func:`rmsprop.engine.rmsprop_update`
+in float64. The numbers (1)…(14) are those of :class:`rmsprop.RMSprop`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+from ..engine import Hyper, bias_correction_factor
+
+__all__ = ["foreach_step"]
+
+
+def foreach_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    grad_avgs: list[Tensor],
+    momentum_buffers: list[Tensor],
+    steps: list[Tensor],
+    hyper: Hyper,
+) -> None:
+    """Apply one step to all tensors, one multi-tensor op per formula line."""
+    if not params:
+        return
+    centered, use_momentum = hyper.centered, hyper.momentum != 0
+    n = len(params)
+    groups = Optimizer._group_tensors_by_device_and_dtype(
+        [
+            params,
+            grads,
+            square_avgs,
+            grad_avgs if centered else [None] * n,
+            momentum_buffers if use_momentum else [None] * n,
+            steps,
+        ]
+    )
+    for (p, g, v, m, b, t), _ in groups.values():
+        p, g, v = _real(p), _real(g), _real(v)
+        m = _real(m) if centered else None
+        b = _real(b) if use_momentum else None
+        _step_group(p, g, v, m, b, t, hyper)
+
+
+def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
+    lr, alpha, eps, wd, mu = hyper.lr, hyper.alpha, hyper.eps, hyper.weight_decay, hyper.momentum
+    tensor_lr = isinstance(lr, Tensor)
+
+    if t[0].is_cpu:  # one wrapped scalar instead of one per tensor on the slow path
+        torch._foreach_add_(t, torch.tensor(1.0), alpha=1.0)
+    else:
+        torch._foreach_add_(t, 1)
+
+    if hyper.maximize:
+        g = torch._foreach_neg(g)  # (1)
+    if wd != 0:
+        if hyper.decoupled_weight_decay:
+            torch._foreach_mul_(p, 1 - lr * wd)  # (2) θ ← θ·(1 − η·λ)
+        else:
+            g = torch._foreach_add(g, p, alpha=wd)  # (3) g ← g + λ·θ
+
+    torch._foreach_mul_(v, alpha)  # (4) v ← α·v + (1 − α)·g²
+    torch._foreach_addcmul_(v, g, g, value=1 - alpha)
+    if m is not None:
+        torch._foreach_lerp_(m, g, 1 - alpha)  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
+
+    v_hat, m_hat = v, m
+    if hyper.bias_correction:  # (6) v̂ ← v/(1 − αᵗ), ḡ̂ ← ḡ/(1 − αᵗ)
+        corrections = [bias_correction_factor(alpha, s, x) for s, x in zip(t, p)]
+        v_hat = torch._foreach_div(v, corrections)
+        if m is not None:
+            m_hat = torch._foreach_div(m, corrections)
+
+    if m_hat is not None:  # (7) r ← v̂ − ḡ̂²
+        denom = torch._foreach_addcmul(v_hat, m_hat, m_hat, value=-1)
+        if hyper.eps_in_sqrt:  # (8) d ← sqrt(max(r + ε, 0))
+            torch._foreach_add_(denom, eps)
+            torch._foreach_clamp_min_(denom, 0)
+            torch._foreach_sqrt_(denom)
+        else:  # (8) d ← sqrt(max(r, 0)) + ε
+            torch._foreach_clamp_min_(denom, 0)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, eps)
+    elif hyper.eps_in_sqrt:  # (8) d ← sqrt(v̂ + ε)
+        denom = torch._foreach_add(v_hat, eps)
+        torch._foreach_sqrt_(denom)
+    else:  # (8) d ← sqrt(v̂) + ε
+        denom = torch._foreach_sqrt(v_hat)
+        torch._foreach_add_(denom, eps)
+
+    if b is None:  # (10) θ ← θ − η·u, u = g/d  (9)
+        if tensor_lr:
+            torch._foreach_add_(p, torch._foreach_mul(torch._foreach_div(g, denom), -lr))
+        else:
+            torch._foreach_addcdiv_(p, g, denom, value=-lr)
+        return
+
+    torch._foreach_mul_(b, mu)
+    if hyper.lr_in_momentum:
+        if tensor_lr:  # (13) b ← μ·b + η·u
+            torch._foreach_add_(b, torch._foreach_mul(torch._foreach_div(g, denom), lr))
+        else:
+            torch._foreach_addcdiv_(b, g, denom, value=lr)
+        if hyper.nesterov:  # (14') θ ← θ − (η·u + μ·b)
+            inc = torch._foreach_mul(b, mu)
+            if tensor_lr:
+                torch._foreach_add_(inc, torch._foreach_mul(torch._foreach_div(g, denom), lr))
+            else:
+                torch._foreach_addcdiv_(inc, g, denom, value=lr)
+            torch._foreach_sub_(p, inc)
+        else:  # (14) θ ← θ − b
+            torch._foreach_sub_(p, b)
+        return
+
+    torch._foreach_addcdiv_(b, g, denom)  # (11) b ← μ·b + u
+    if hyper.nesterov:  # (12') θ ← θ − η·(u + μ·b)
+        inc = torch._foreach_mul(b, mu)
+        torch._foreach_addcdiv_(inc, g, denom)
+    else:  # (12) θ ← θ − η·b
+        inc = b
+    if tensor_lr:
+        torch._foreach_add_(p, torch._foreach_mul(inc, -lr))
+    else:
+        torch._foreach_add_(p, inc, alpha=-lr)
+
+
+def _real(tensors: list[Tensor]) -> list[Tensor]:
+    return [torch.view_as_real(x) if torch.is_complex(x) else x for x in tensors]

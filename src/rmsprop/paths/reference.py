@@ -1,0 +1,50 @@
+"""The reference path: one tensor at a time, the seed's loop grown up.
+
+It calls the engine's pure function and writes the results back in place, so
+the parameter and state tensors keep their identity (shared memory, hooks and
+CUDA graphs see the same storage).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..engine import Hyper, rmsprop_update
+
+__all__ = ["reference_step"]
+
+
+def reference_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    grad_avgs: list[Tensor],
+    momentum_buffers: list[Tensor],
+    steps: list[Tensor],
+    hyper: Hyper,
+) -> None:
+    """Apply one step to each tensor; ``grad_avgs`` / ``momentum_buffers`` are
+    empty unless the knobs use them (PyTorch's convention)."""
+    centered, use_momentum = hyper.centered, hyper.momentum != 0
+    for i, param in enumerate(params):
+        grad, square_avg = grads[i], square_avgs[i]
+        grad_avg = grad_avgs[i] if centered else None
+        buf = momentum_buffers[i] if use_momentum else None
+        if torch.is_complex(param):  # complex θ is updated as its real view, like PyTorch
+            param, grad, square_avg = _real(param), _real(grad), _real(square_avg)
+            grad_avg, buf = _real(grad_avg), _real(buf)
+
+        steps[i] += 1
+        new = rmsprop_update(param, grad, square_avg, grad_avg, buf, steps[i], hyper)
+
+        param.copy_(new.param)
+        square_avg.copy_(new.square_avg)
+        if grad_avg is not None:
+            grad_avg.copy_(new.grad_avg)
+        if buf is not None:
+            buf.copy_(new.momentum_buffer)
+
+
+def _real(t: Tensor | None) -> Tensor | None:
+    return None if t is None else torch.view_as_real(t)

@@ -1,0 +1,99 @@
+"""Checks that turn bad input into a clear error before anything changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_group", "check_state_dict"]
+
+_BOOL_KNOBS = (
+    "centered",
+    "eps_in_sqrt",
+    "lr_in_momentum",
+    "nesterov",
+    "decoupled_weight_decay",
+    "bias_correction",
+    "maximize",
+    "capturable",
+    "differentiable",
+)
+_STATE_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
+
+
+def check_group(group: dict[str, Any], *, lr_required: bool) -> None:
+    """Raise ValueError naming the first invalid knob of a resolved group.
+
+    PyTorch's wording where PyTorch has one ("Invalid momentum value: -1.0").
+    """
+    lr = group["lr"]
+    if lr is None:
+        if lr_required:
+            raise ValueError(f"preset '{group['preset']}' has no default lr; pass lr=")
+    else:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 <= group["eps"]:
+        raise ValueError(f"Invalid epsilon value: {group['eps']}")
+    if not 0.0 <= group["momentum"]:
+        raise ValueError(f"Invalid momentum value: {group['momentum']}")
+    if not 0.0 <= group["weight_decay"]:
+        raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
+    # Tighter than PyTorch (which takes any alpha >= 0): α > 1 makes v grow
+    # without bound and (1 − α)·g² negative, which is never what anyone means.
+    if not 0.0 <= group["alpha"] <= 1.0:
+        raise ValueError(f"Invalid alpha value: {group['alpha']} (must lie in [0, 1])")
+    if not 0.0 <= group["initial_square_avg"]:
+        raise ValueError(f"Invalid initial_square_avg value: {group['initial_square_avg']}")
+    for name in _BOOL_KNOBS:
+        value = group[name]
+        if not isinstance(value, (bool, int)) or value not in (0, 1):
+            raise ValueError(f"Invalid {name} value: {value!r} (must be True or False)")
+    if group["nesterov"] and group["momentum"] == 0:
+        raise ValueError("Invalid nesterov value: True requires momentum > 0")
+    if group["bias_correction"] and group["alpha"] == 1:
+        raise ValueError("Invalid alpha value: 1.0 with bias_correction=True (1 − αᵗ is 0)")
+
+
+def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], layout: int) -> None:
+    """Raise ValueError if ``state_dict`` cannot load into ``optimizer``."""
+    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+        raise ValueError("state_dict must be a dict with 'state' and 'param_groups' keys")
+    groups, saved_groups = optimizer.param_groups, state_dict["param_groups"]
+    if len(groups) != len(saved_groups):
+        raise ValueError(
+            f"loaded state dict has {len(saved_groups)} parameter groups, "
+            f"the optimizer has {len(groups)}"
+        )
+    for i, (group, saved) in enumerate(zip(groups, saved_groups)):
+        if len(group["params"]) != len(saved["params"]):
+            raise ValueError(
+                f"loaded state dict's parameter group {i} has {len(saved['params'])} "
+                f"parameters, the optimizer's has {len(group['params'])}"
+            )
+        version = saved.get("layout_version", 0)
+        if not isinstance(version, int) or not 0 <= version <= layout:
+            raise ValueError(
+                f"loaded state dict's parameter group {i} has layout_version {version!r}; "
+                f"this version of rmsprop reads layouts 0 to {layout}"
+            )
+    params = {
+        saved_id: (g, j, p)
+        for g, (group, saved) in enumerate(zip(groups, saved_groups))
+        for j, (saved_id, p) in enumerate(zip(saved["params"], group["params"]))
+    }
+    for saved_id, p_state in state_dict["state"].items():
+        if saved_id not in params:
+            raise ValueError(f"loaded state dict has state for unknown parameter id {saved_id!r}")
+        g, j, p = params[saved_id]
+        for key in _STATE_BUFFERS:
+            value = p_state.get(key)
+            if isinstance(value, Tensor) and value.shape != p.shape:
+                raise ValueError(
+                    f"loaded state dict's {key} for parameter {j} of group {g} has shape "
+                    f"{tuple(value.shape)}, the parameter has shape {tuple(p.shape)}"
+                )
