@@ -86,6 +86,10 @@ def _addcdiv(x: Tensor, a: Tensor, b: Tensor, value: Scalar) -> Tensor:
     return torch.addcdiv(x, a, b, value=value)
 
 
+def _real(t: Tensor | None) -> Tensor | None:
+    return None if t is None else torch.view_as_real(t)
+
+
 def rmsprop_update(
     param: Tensor,
     grad: Tensor,
@@ -98,7 +102,10 @@ def rmsprop_update(
     """One RMSProp step for one tensor, out of place.
 
     Args:
-        param: θ (real; complex parameters are passed as ``view_as_real``).
+        param: θ. A complex θ is updated as its real view (``view_as_real``)
+            from line (4) on; lines (1)-(3) run in complex arithmetic, as in
+            PyTorch's for-loop (its complex multiply-add rounds differently
+            from the real one).
         grad: g, the gradient of θ.
         square_avg: v, the running average of g².
         grad_avg: ḡ, the running average of g (used when ``hyper.centered``).
@@ -117,6 +124,10 @@ def rmsprop_update(
             param = param.mul(1 - lr * wd)  # (2) θ ← θ·(1 − η·λ)
         else:
             g = g.add(param, alpha=wd)  # (3) g ← g + λ·θ
+    if param.is_complex():
+        new = rmsprop_update(*map(_real, (param, g, square_avg, grad_avg, momentum_buffer)),
+                             step, hyper._replace(maximize=False, weight_decay=0.0))
+        return NewState(*(None if t is None else torch.view_as_complex(t) for t in new))
 
     v = square_avg.mul(alpha).addcmul(g, g, value=1 - alpha)  # (4) v ← α·v + (1 − α)·g²
     m = grad_avg.lerp(g, 1 - alpha) if hyper.centered else None  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)

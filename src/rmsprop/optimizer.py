@@ -6,7 +6,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
+from torch.optim.optimizer import (
+    Optimizer,
+    ParamsT,
+    _get_scalar_dtype,
+    _use_grad_for_differentiable,
+)
 
 from . import functional
 from .presets import KNOBS, PRESETS, get_preset

@@ -7,7 +7,6 @@ CUDA graphs see the same storage).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..engine import Hyper, rmsprop_update
@@ -31,10 +30,6 @@ def reference_step(
         grad, square_avg = grads[i], square_avgs[i]
         grad_avg = grad_avgs[i] if centered else None
         buf = momentum_buffers[i] if use_momentum else None
-        if torch.is_complex(param):  # complex θ is updated as its real view, like PyTorch
-            param, grad, square_avg = _real(param), _real(grad), _real(square_avg)
-            grad_avg, buf = _real(grad_avg), _real(buf)
-
         steps[i] += 1
         new = rmsprop_update(param, grad, square_avg, grad_avg, buf, steps[i], hyper)
 
@@ -44,7 +39,3 @@ def reference_step(
             grad_avg.copy_(new.grad_avg)
         if buf is not None:
             buf.copy_(new.momentum_buffer)
-
-
-def _real(t: Tensor | None) -> Tensor | None:
-    return None if t is None else torch.view_as_real(t)

@@ -1,0 +1,55 @@
+"""The declarative table of cases that the generic tests iterate over.
+
+A case is a name and the knobs it passes to ``rmsprop.RMSprop``; the tests
+decide which paths and dtypes run it. Keep it data: no logic beyond building
+the product.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+# The ways momentum can enter the update (formula lines 10-14).
+MOMENTUM_MODES: dict[str, dict[str, Any]] = {
+    "no-momentum": {"momentum": 0.0},
+    "momentum": {"momentum": 0.9},
+    "momentum-nesterov": {"momentum": 0.9, "nesterov": True},
+    "lr-in-momentum": {"momentum": 0.9, "lr_in_momentum": True},
+    "lr-in-momentum-nesterov": {"momentum": 0.9, "lr_in_momentum": True, "nesterov": True},
+}
+WEIGHT_DECAY_MODES: dict[str, dict[str, Any]] = {
+    "no-wd": {"weight_decay": 0.0},
+    "l2": {"weight_decay": 0.1},
+    "decoupled": {"weight_decay": 0.1, "decoupled_weight_decay": True},
+}
+SWITCHES = ("centered", "eps_in_sqrt", "bias_correction", "maximize")
+
+
+def every_combination() -> list[tuple[str, dict[str, Any]]]:
+    """Every knob combination: momentum modes × decay modes × switches × v₀ ∈ {0, 1}."""
+    cases = []
+    for (m_name, m), (w_name, w), flags, v0 in itertools.product(
+        MOMENTUM_MODES.items(),
+        WEIGHT_DECAY_MODES.items(),
+        itertools.product((False, True), repeat=len(SWITCHES)),
+        (0.0, 1.0),
+    ):
+        on = [s for s, f in zip(SWITCHES, flags) if f]
+        name = "-".join([m_name, w_name, *on, f"v0={v0:g}"])
+        knobs = {**m, **w, **dict(zip(SWITCHES, flags)), "initial_square_avg": v0}
+        cases.append((name, {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, **knobs}))
+    return cases
+
+
+# Configurations torch.optim.RMSprop can express, for the drop-in checks.
+TORCH_EXPRESSIBLE: list[tuple[str, dict[str, Any]]] = [
+    (
+        "-".join(k for k, v in kw.items() if v) or "default",
+        {k: v for k, v in kw.items() if v},
+    )
+    for kw in (
+        dict(zip(("momentum", "centered", "weight_decay", "maximize"), values))
+        for values in itertools.product((0, 0.9), (False, True), (0, 0.1), (False, True))
+    )
+]

@@ -1,0 +1,74 @@
+"""Small shared helpers for the tests: parameters, gradient streams, runners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import rmsprop
+
+SHAPES = [(), (7,), (3, 4), (0,), (2, 0, 3)]
+
+
+def make_params(dtype: torch.dtype = torch.float64, seed: int = 0, complex_too: bool = False):
+    """Parameters of several shapes (scalar, vector, matrix, 0-size) and a frozen one."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
+    if complex_too:
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        params.append(torch.randn(5, generator=gen, dtype=cdtype))
+    frozen = torch.randn(3, generator=gen, dtype=dtype)  # never gets a gradient
+    params = [torch.nn.Parameter(p) for p in params]
+    params.append(torch.nn.Parameter(frozen, requires_grad=False))
+    return params
+
+
+def grad_stream(params, steps: int, seed: int = 1):
+    """Per step, one gradient per parameter (or None): large, tiny and mixed-sign
+    values, with the second parameter skipping every third step and the last
+    (frozen) parameter never receiving one."""
+    gen = torch.Generator().manual_seed(seed)
+    stream = []
+    for t in range(steps):
+        grads = []
+        for i, p in enumerate(params):
+            if not p.requires_grad or (i == 1 and t % 3 == 2):
+                grads.append(None)
+                continue
+            g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            scale = 10.0 ** ((t + i) % 7 - 3)  # 1e-3 … 1e3
+            grads.append(g * scale)
+        stream.append(grads)
+    return stream
+
+
+def run(
+    cls: type[torch.optim.Optimizer],
+    params,
+    stream,
+    lr_changes: dict[int, float] | None = None,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Train ``params`` in place over ``stream`` with ``cls(params, **kwargs)``;
+    ``lr_changes`` maps a step index to a new learning rate."""
+    opt = cls(params, **kwargs)
+    for t, grads in enumerate(stream):
+        if lr_changes and t in lr_changes:
+            for group in opt.param_groups:
+                group["lr"] = lr_changes[t]
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.clone()
+        opt.step()
+    return opt
+
+
+def clone_params(params):
+    return [torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad) for p in params]
+
+
+def state_of(opt: torch.optim.Optimizer, params) -> list[dict[str, torch.Tensor]]:
+    return [dict(opt.state[p]) for p in params]
+
+
+__all__ = ["SHAPES", "make_params", "grad_stream", "run", "clone_params", "state_of", "rmsprop"]
