@@ -37,7 +37,9 @@ def test_foreach_equals_reference_float64(momentum_mode, wd_mode):
         ref = run(rmsprop.RMSprop, ref_params, stream, {10: 0.003}, foreach=False, **knobs)
         fe = run(rmsprop.RMSprop, fe_params, stream, {10: 0.003}, foreach=True, **knobs)
         for i, (a, b) in enumerate(zip(ref_params, fe_params)):
-            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-15, msg=lambda m, where=f"{name} θ{i}": f"{where}: {m}")
+            torch.testing.assert_close(
+                b, a, rtol=1e-12, atol=1e-15, msg=lambda m, where=f"{name} θ{i}": f"{where}: {m}"
+            )
             assert ref.state[a].keys() == fe.state[b].keys(), name
             for key, value in ref.state[a].items():
                 torch.testing.assert_close(

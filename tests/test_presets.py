@@ -171,7 +171,10 @@ CASES = [
 
 
 def _ids():
-    return [f"{preset}-" + ("-".join(f"{k}={v}" for k, v in kw.items()) or "defaults") for preset, kw, _, _ in CASES]
+    return [
+        f"{preset}-" + ("-".join(f"{k}={v}" for k, v in kw.items()) or "defaults")
+        for preset, kw, _, _ in CASES
+    ]
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["reference", "foreach"])

@@ -178,13 +178,13 @@ class RMSprop(Optimizer):
         """Add a param group; its missing knobs come from the explicit
         constructor arguments, then its own ``"preset"`` (if it names one),
         then the optimizer's defaults. Raises before anything changes."""
-        if isinstance(param_group, dict) and "preset" in param_group:
-            own = get_preset(param_group["preset"]).knobs()
-            for key, value in {**own, **self._explicit}.items():
-                if value is not None:
-                    param_group.setdefault(key, value)
         if isinstance(param_group, dict):
-            check_group({**self.defaults, **param_group}, lr_required=True)
+            fill = {}
+            if "preset" in param_group:
+                fill = {**get_preset(param_group["preset"]).knobs(), **self._explicit}
+            check_group({**self.defaults, **fill, **param_group}, lr_required=True)
+            for key, value in fill.items():
+                param_group.setdefault(key, value)
         super().add_param_group(param_group)
 
     def __getstate__(self) -> dict[str, Any]:

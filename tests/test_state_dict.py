@@ -1,0 +1,193 @@
+"""State dicts: PyTorch's layout, cross-loading both ways, checks before change,
+and how presets resolve into plain values that ``weights_only`` loading accepts."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+import rmsprop
+from rmsprop import PRESETS
+
+from helpers import clone_params, grad_stream, make_params
+
+
+def _roundtrip(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _train(opt, params, stream):
+    for grads in stream:
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.clone()
+        opt.step()
+
+
+KNOBS = {"momentum": 0.9, "centered": True, "weight_decay": 0.01}
+
+
+@pytest.mark.parametrize("direction", ["torch->ours", "ours->torch"])
+def test_cross_loading_continues_exactly(direction):
+    first, second = (
+        (torch.optim.RMSprop, rmsprop.RMSprop) if direction == "torch->ours"
+        else (rmsprop.RMSprop, torch.optim.RMSprop)
+    )
+    base = make_params(torch.float32)
+    stream = grad_stream(base, 30)
+    # uninterrupted run with the first class
+    straight = clone_params(base)
+    _train(first(straight, **KNOBS), straight, stream)
+    # 15 steps with the first class, save, load into the second, 15 more
+    resumed = clone_params(base)
+    opt = first(resumed, **KNOBS)
+    _train(opt, resumed, stream[:15])
+    saved = _roundtrip(opt.state_dict())
+    other = second(resumed, lr=0.5)  # knobs come from the state dict
+    other.load_state_dict(saved)
+    _train(other, resumed, stream[15:])
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)
+
+
+def test_torch_state_dict_reads_as_the_torch_preset():
+    params = make_params(torch.float64)
+    theirs = torch.optim.RMSprop(params, momentum=0.9)
+    _train(theirs, params, grad_stream(params, 3))
+    ours = rmsprop.RMSprop(params, lr=0.1, preset="tf1")
+    ours.load_state_dict(theirs.state_dict())
+    group = ours.param_groups[0]
+    for key, value in PRESETS["torch"].knobs().items():
+        if key not in ("lr", "momentum"):
+            assert group[key] == value, key
+    assert group["preset"] == "torch" and group["momentum"] == 0.9
+    assert group["layout_version"] == rmsprop.LAYOUT_VERSION
+
+
+def test_state_keys_and_values_are_torchs():
+    params = make_params(torch.float32)
+    opt = rmsprop.RMSprop(params, momentum=0.9, centered=True)
+    _train(opt, params, grad_stream(params, 2))
+    sd = opt.state_dict()
+    assert set(sd) == {"state", "param_groups"}
+    for state in sd["state"].values():
+        assert set(state) == {"step", "square_avg", "grad_avg", "momentum_buffer"}
+        assert state["step"].dtype == torch.float32 and state["step"].shape == ()
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_saves_plain_values_that_load_with_weights_only(preset):
+    params = make_params(torch.float32)
+    opt = rmsprop.RMSprop(params, lr=0.01, preset=preset, momentum=0.5)
+    _train(opt, params, grad_stream(params, 2))
+    sd = _roundtrip(opt.state_dict())
+    for group in sd["param_groups"]:
+        assert group["preset"] == preset
+        for key, value in group.items():
+            assert value is None or isinstance(value, (bool, int, float, str, list, torch.Tensor)), key
+    fresh = rmsprop.RMSprop(clone_params(params), lr=0.01, preset=preset)
+    fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["momentum"] == 0.5
+
+
+def _snapshot(opt):
+    return copy.deepcopy(opt.state_dict())
+
+
+def _assert_unchanged(opt, before):
+    after = opt.state_dict()
+    assert len(after["param_groups"]) == len(before["param_groups"])
+    for g0, g1 in zip(before["param_groups"], after["param_groups"]):
+        assert g0 == g1
+    assert after["state"].keys() == before["state"].keys()
+    for k in before["state"]:
+        for key, value in before["state"][k].items():
+            assert torch.equal(after["state"][k][key], value)
+
+
+def _trained():
+    params = make_params(torch.float32)
+    opt = rmsprop.RMSprop(params, momentum=0.9)
+    _train(opt, params, grad_stream(params, 2))
+    return params, opt
+
+
+@pytest.mark.parametrize(
+    "corrupt,message",
+    [
+        (lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])), "has 2 parameter groups"),
+        (lambda sd: sd["param_groups"][0]["params"].pop(), "parameters, the optimizer's has"),
+        (lambda sd: sd["state"][0].__setitem__("square_avg", torch.zeros(4)), "square_avg for parameter 0"),
+        (lambda sd: sd["state"][2].__setitem__("momentum_buffer", torch.zeros(4, 3)), "momentum_buffer"),
+        (lambda sd: sd["param_groups"][0].__setitem__("layout_version", 99), "layout_version 99"),
+        (lambda sd: sd["state"].__setitem__(1234, {}), "unknown parameter id 1234"),
+    ],
+    ids=["groups", "param-count", "shape", "buffer-shape", "layout", "alien-id"],
+)
+def test_mismatched_state_dict_raises_before_anything_changes(corrupt, message):
+    params, opt = _trained()
+    before = _snapshot(opt)
+    bad = copy.deepcopy(opt.state_dict())
+    corrupt(bad)
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(bad)
+    _assert_unchanged(opt, before)
+
+
+def test_torch_itself_accepts_a_wrong_shape_silently():
+    """Why the shape check exists: PyTorch loads it without a word."""
+    p = [torch.nn.Parameter(torch.randn(3))]
+    opt = torch.optim.RMSprop(p)
+    sd = {"state": {0: {"step": torch.tensor(1.0), "square_avg": torch.zeros(5)}},
+          "param_groups": [dict(opt.state_dict()["param_groups"][0])]}
+    opt.load_state_dict(sd)  # no error
+    assert opt.state[p[0]]["square_avg"].shape == (5,)
+
+
+def test_explicit_arguments_beat_the_preset_and_group_presets():
+    a, b = torch.nn.Parameter(torch.randn(2)), torch.nn.Parameter(torch.randn(2))
+    opt = rmsprop.RMSprop([{"params": [a]}, {"params": [b], "preset": "tf1", "alpha": 0.8}],
+                          lr=0.1, eps=1e-3, preset="keras")
+    keras, tf1 = opt.param_groups
+    assert (keras["preset"], keras["lr"], keras["eps"], keras["alpha"]) == ("keras", 0.1, 1e-3, 0.9)
+    assert keras["decoupled_weight_decay"] is True
+    assert (tf1["preset"], tf1["lr"], tf1["eps"], tf1["alpha"]) == ("tf1", 0.1, 1e-3, 0.8)
+    assert tf1["initial_square_avg"] == 1.0 and tf1["decoupled_weight_decay"] is False
+
+
+def test_a_group_preset_trains_like_that_preset_alone():
+    base = make_params(torch.float64)[:3]
+    stream = grad_stream(base, 10)
+    mixed = clone_params(base)
+    opt = rmsprop.RMSprop([{"params": mixed[:1]}, {"params": mixed[1:], "preset": "tf1"}],
+                          lr=0.01, momentum=0.9)
+    _train(opt, mixed, stream)
+    alone = clone_params(base)
+    _train(rmsprop.RMSprop(alone[1:], lr=0.01, momentum=0.9, preset="tf1"), alone[1:],
+           [g[1:] for g in stream])
+    _train(rmsprop.RMSprop(alone[:1], lr=0.01, momentum=0.9), alone[:1], [g[:1] for g in stream])
+    for x, y in zip(mixed, alone):
+        assert torch.equal(x, y)
+
+
+def test_pickle_and_deepcopy_keep_the_explicit_arguments():
+    p = torch.nn.Parameter(torch.randn(2))
+    opt = rmsprop.RMSprop([p], lr=0.2, preset="keras")
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        clone.add_param_group({"params": [torch.nn.Parameter(torch.randn(1))], "preset": "tf1"})
+        assert clone.param_groups[1]["lr"] == 0.2
+
+
+def test_repr_shows_the_resolved_update():
+    p = torch.nn.Parameter(torch.randn(2))
+    text = repr(rmsprop.RMSprop([p], lr=0.1, preset="tf1", momentum=0.9))
+    assert "update: [tf1]" in text
+    assert "√(v + 1e-10)" in text and "b ← 0.9·b + lr·g/" in text and "v₀ = 1" in text
+    text = repr(rmsprop.RMSprop([p]))
+    assert "θ ← θ − lr·g/(√(v) + 1e-08)" in text
