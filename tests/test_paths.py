@@ -52,3 +52,19 @@ def test_the_table_covers_every_combination():
     names = {name for name, _ in CASES}
     assert len(names) == len(CASES) == 5 * 3 * 16 * 2
 
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["reference", "foreach"])
+@pytest.mark.parametrize("name,knobs", [c for c in CASES if "maximize" in c[0] and "l2" in c[0]][::8])
+def test_grads_are_never_written_and_params_without_grads_are_skipped(name, knobs, foreach):
+    params = make_params(torch.float64, complex_too=True)
+    frozen = params[-1].detach().clone()
+    opt = rmsprop.RMSprop(params, foreach=foreach, **knobs)
+    for grads in grad_stream(params, 3):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        for p, g in zip(params, grads):
+            assert p.grad is g
+            assert g is None or g._version == 0, name  # no in-place write ever touched it
+    assert torch.equal(params[-1], frozen) and params[-1] not in opt.state
