@@ -121,14 +121,17 @@ def _trained():
 @pytest.mark.parametrize(
     "corrupt,message",
     [
-        (lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])), "has 2 parameter groups"),
-        (lambda sd: sd["param_groups"][0]["params"].pop(), "parameters, the optimizer's has"),
+        (lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])),
+         "different number of parameter groups"),
+        (lambda sd: sd["param_groups"][0]["params"].pop(), "doesn't match the size of optimizer's group"),
         (lambda sd: sd["state"][0].__setitem__("square_avg", torch.zeros(4)), "square_avg for parameter 0"),
         (lambda sd: sd["state"][2].__setitem__("momentum_buffer", torch.zeros(4, 3)), "momentum_buffer"),
         (lambda sd: sd["param_groups"][0].__setitem__("layout_version", 99), "layout_version 99"),
-        (lambda sd: sd["state"].__setitem__(1234, {}), "unknown parameter id 1234"),
+        (lambda sd: sd["param_groups"][0].__setitem__("alpha", 2.0), "Invalid alpha value: 2.0"),
+        (lambda sd: sd["param_groups"][0].__setitem__("nesterov", True) or
+         sd["param_groups"][0].__setitem__("momentum", 0.0), "nesterov value: True requires momentum"),
     ],
-    ids=["groups", "param-count", "shape", "buffer-shape", "layout", "alien-id"],
+    ids=["groups", "param-count", "shape", "buffer-shape", "layout", "bad-knob", "bad-combination"],
 )
 def test_mismatched_state_dict_raises_before_anything_changes(corrupt, message):
     params, opt = _trained()
@@ -191,3 +194,19 @@ def test_repr_shows_the_resolved_update():
     assert "√(v + 1e-10)" in text and "b ← 0.9·b + lr·g/" in text and "v₀ = 1" in text
     text = repr(rmsprop.RMSprop([p]))
     assert "θ ← θ − lr·g/(√(v) + 1e-08)" in text
+
+
+def test_load_pre_hooks_run_before_the_checks():
+    """A pre-hook may repair a state dict, as in PyTorch: we check what it returns."""
+    params, opt = _trained()
+    bad = copy.deepcopy(opt.state_dict())
+    good_avg = bad["state"][0]["square_avg"].clone()
+    bad["state"][0]["square_avg"] = torch.zeros(9)
+
+    def repair(optimizer, state_dict):
+        state_dict["state"][0]["square_avg"] = good_avg
+        return state_dict
+
+    opt.register_load_state_dict_pre_hook(repair)
+    opt.load_state_dict(bad)
+    assert torch.equal(opt.state[params[0]]["square_avg"], good_avg)

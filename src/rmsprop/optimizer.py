@@ -15,7 +15,7 @@ from torch.optim.optimizer import (
 
 from . import functional
 from .presets import KNOBS, PRESETS, get_preset
-from .validation import check_group, check_state_dict
+from .validation import check_group, check_loaded
 
 __all__ = ["RMSprop", "LAYOUT_VERSION"]
 
@@ -106,6 +106,13 @@ class RMSprop(Optimizer):
         decoupled_weight_decay: (2) instead of (3) (default: the preset's; False).
         bias_correction: (6), as optax's option (default: the preset's; False).
 
+    State dicts have PyTorch's layout and cross-load with
+    ``torch.optim.RMSprop`` both ways; a group saved by PyTorch reads as the
+    "torch" preset, and the saved groups' knobs replace the current ones, as
+    in PyTorch. ``load_state_dict`` checks everything (group and parameter
+    counts, buffer shapes, layout version, knob values) after its pre-hooks
+    and before it changes anything; a mismatch raises ValueError.
+
     Argument validation is PyTorch's, tightened in one place: ``alpha`` must
     lie in [0, 1] (PyTorch accepts any α ≥ 0).
 
@@ -191,15 +198,22 @@ class RMSprop(Optimizer):
         return {**super().__getstate__(), "_explicit": self._explicit}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Everything is checked before anything is set: load_state_dict calls
+        # this with the loaded groups and state, so a mismatch leaves us as we were.
+        groups = state["param_groups"]
+        for group in groups:
+            for key, value in _TORCH_GROUP_DEFAULTS.items():
+                group.setdefault(key, value)
+        check_loaded(groups, state["state"], LAYOUT_VERSION)
+        for group in groups:
+            check_group(group, lr_required=True)
+            group["layout_version"] = LAYOUT_VERSION
         if "_explicit" in state:  # pickled optimizer; load_state_dict passes none
             self._explicit = state.pop("_explicit")
         elif not hasattr(self, "_explicit"):
             self._explicit = {}
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in _TORCH_GROUP_DEFAULTS.items():
-                group.setdefault(key, value)
-            group["layout_version"] = LAYOUT_VERSION
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if p_state and not torch.is_tensor(p_state["step"]):
@@ -207,18 +221,6 @@ class RMSprop(Optimizer):
                     p_state["step"] = torch.tensor(
                         float(p_state["step"]), dtype=_get_scalar_dtype(), device=device
                     )
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict saved by this class or by ``torch.optim.RMSprop``.
-
-        Everything is checked first (group and parameter counts, state shapes,
-        layout version); on any mismatch a ValueError says what differs and
-        the optimizer is left exactly as it was. The saved groups' knobs
-        replace the current ones, as in PyTorch; a group saved by
-        ``torch.optim.RMSprop`` reads as the "torch" preset.
-        """
-        check_state_dict(self, state_dict, LAYOUT_VERSION)
-        super().load_state_dict(state_dict)
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
         params, grads, square_avgs, grad_avgs, momentum_buffers, steps = [], [], [], [], [], []

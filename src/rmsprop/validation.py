@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-__all__ = ["check_group", "check_state_dict"]
+__all__ = ["check_group", "check_loaded"]
 
 _BOOL_KNOBS = (
     "centered",
@@ -59,41 +58,28 @@ def check_group(group: dict[str, Any], *, lr_required: bool) -> None:
         raise ValueError("Invalid alpha value: 1.0 with bias_correction=True (1 − αᵗ is 0)")
 
 
-def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], layout: int) -> None:
-    """Raise ValueError if ``state_dict`` cannot load into ``optimizer``."""
-    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
-        raise ValueError("state_dict must be a dict with 'state' and 'param_groups' keys")
-    groups, saved_groups = optimizer.param_groups, state_dict["param_groups"]
-    if len(groups) != len(saved_groups):
-        raise ValueError(
-            f"loaded state dict has {len(saved_groups)} parameter groups, "
-            f"the optimizer has {len(groups)}"
-        )
-    for i, (group, saved) in enumerate(zip(groups, saved_groups)):
-        if len(group["params"]) != len(saved["params"]):
-            raise ValueError(
-                f"loaded state dict's parameter group {i} has {len(saved['params'])} "
-                f"parameters, the optimizer's has {len(group['params'])}"
-            )
-        version = saved.get("layout_version", 0)
+def check_loaded(
+    param_groups: list[dict[str, Any]], state: dict[Tensor, dict[str, Any]], layout: int
+) -> None:
+    """Raise ValueError if loaded groups and state do not fit their parameters.
+
+    Runs on what ``Optimizer.load_state_dict`` hands to ``__setstate__``: the
+    load pre-hooks have run, saved ids are mapped to parameters, and nothing in
+    the optimizer has changed yet. (PyTorch itself checks group and parameter
+    counts before that point, and accepts a buffer of the wrong shape.)
+    """
+    for g, group in enumerate(param_groups):
+        version = group.get("layout_version", 0)
         if not isinstance(version, int) or not 0 <= version <= layout:
             raise ValueError(
-                f"loaded state dict's parameter group {i} has layout_version {version!r}; "
+                f"loaded state dict's parameter group {g} has layout_version {version!r}; "
                 f"this version of rmsprop reads layouts 0 to {layout}"
             )
-    params = {
-        saved_id: (g, j, p)
-        for g, (group, saved) in enumerate(zip(groups, saved_groups))
-        for j, (saved_id, p) in enumerate(zip(saved["params"], group["params"]))
-    }
-    for saved_id, p_state in state_dict["state"].items():
-        if saved_id not in params:
-            raise ValueError(f"loaded state dict has state for unknown parameter id {saved_id!r}")
-        g, j, p = params[saved_id]
-        for key in _STATE_BUFFERS:
-            value = p_state.get(key)
-            if isinstance(value, Tensor) and value.shape != p.shape:
-                raise ValueError(
-                    f"loaded state dict's {key} for parameter {j} of group {g} has shape "
-                    f"{tuple(value.shape)}, the parameter has shape {tuple(p.shape)}"
-                )
+        for j, p in enumerate(group["params"]):
+            for key in _STATE_BUFFERS:
+                value = state.get(p, {}).get(key)
+                if isinstance(value, Tensor) and value.shape != p.shape:
+                    raise ValueError(
+                        f"loaded state dict's {key} for parameter {j} of group {g} has shape "
+                        f"{tuple(value.shape)}, the parameter has shape {tuple(p.shape)}"
+                    )
