@@ -68,3 +68,51 @@ def test_grads_are_never_written_and_params_without_grads_are_skipped(name, knob
             assert p.grad is g
             assert g is None or g._version == 0, name  # no in-place write ever touched it
     assert torch.equal(params[-1], frozen) and params[-1] not in opt.state
+
+
+@pytest.mark.parametrize("chunk_numel", [1, 8, 20])
+def test_cpu_cache_blocking_changes_nothing(monkeypatch, chunk_numel):
+    """The foreach path steps CPU tensors in cache-sized chunks; with tiny
+    chunks every split point is exercised and the result must not move."""
+    from rmsprop.paths import foreach
+
+    assert foreach._chunks(make_params()[:3]) == [slice(0, 3)]  # small groups stay whole
+    monkeypatch.setattr(foreach, "CPU_CHUNK_NUMEL", chunk_numel)
+    chunks = foreach._chunks(make_params())
+    assert len(chunks) > 1 and chunks[0].start == 0 and chunks[-1].stop == len(make_params())
+    base = make_params(torch.float64, complex_too=True)
+    stream = grad_stream(base, 5)
+    for name, knobs in CASES[::37]:
+        ref_params, fe_params = clone_params(base), clone_params(base)
+        run(rmsprop.RMSprop, ref_params, stream, foreach=False, **knobs)
+        run(rmsprop.RMSprop, fe_params, stream, foreach=True, **knobs)
+        for a, b in zip(ref_params, fe_params):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-15, msg=lambda m, n=name: f"{n}: {m}")
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize(
+    "params,foreach,differentiable,expected",
+    [
+        ([torch.zeros(2)], None, False, "foreach"),  # measured faster on CPU
+        ([torch.zeros(2)], False, False, "reference"),
+        ([torch.zeros(2)], True, False, "foreach"),
+        ([torch.zeros(2)], None, True, "reference"),
+        ([torch.zeros(2).as_subclass(_Subclass)], None, False, "reference"),
+        ([], None, False, "reference"),
+    ],
+)
+def test_dispatch_policy(params, foreach, differentiable, expected):
+    from rmsprop.paths import choose_path
+
+    assert choose_path(params, foreach, differentiable) == expected
+
+
+def test_an_explicit_choice_that_cannot_run_raises():
+    from rmsprop.paths import choose_path
+
+    with pytest.raises(ValueError, match="foreach=True cannot run with differentiable=True"):
+        choose_path([torch.zeros(2)], True, True)
