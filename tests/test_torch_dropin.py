@@ -45,6 +45,29 @@ def test_same_trajectory_and_state_as_torch(name, knobs, dtype, foreach):
     assert ours.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
 
 
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("name,knobs", TORCH_EXPRESSIBLE, ids=[n for n, _ in TORCH_EXPRESSIBLE])
+def test_default_paths_keep_the_drop_in_promise(name, knobs, dtype, rtol):
+    """Both classes on their default path (ours: cache-blocked foreach on CPU;
+    PyTorch's: the for-loop): real parameters bit for bit, complex ones within
+    the promised tolerance (PyTorch's own two paths round complex weight decay
+    differently)."""
+    base = make_params(dtype, complex_too=True)
+    stream = grad_stream(base, STEPS)
+    ours_p, theirs_p = clone_params(base), clone_params(base)
+    ours = run(rmsprop.RMSprop, ours_p, stream, **knobs)
+    theirs = run(torch.optim.RMSprop, theirs_p, stream, **knobs)
+    for p, q in zip(ours_p, theirs_p):
+        if p.is_complex():
+            torch.testing.assert_close(p, q, rtol=rtol, atol=0)
+            for key, value in theirs.state[q].items():
+                torch.testing.assert_close(ours.state[p][key], value, rtol=rtol, atol=rtol)
+        else:
+            assert torch.equal(p, q)
+            for key, value in theirs.state[q].items():
+                assert torch.equal(ours.state[p][key], value), key
+
+
 @pytest.mark.parametrize("lr", [torch.tensor(0.01), torch.tensor([0.01]), torch.tensor([[0.01]])],
                          ids=["0-d", "[1]", "[1,1]"])
 def test_tensor_lr_matches_torch(lr):
