@@ -48,10 +48,6 @@ class Hyper(NamedTuple):
     decoupled_weight_decay: bool
     bias_correction: bool
 
-    @classmethod
-    def from_group(cls, group: dict) -> Hyper:
-        return cls(**{name: group[name] for name in cls._fields})
-
 
 class NewState(NamedTuple):
     """What one step produces; ``None`` for a buffer the knobs do not use."""
