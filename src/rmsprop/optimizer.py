@@ -34,6 +34,29 @@ _TORCH_GROUP_DEFAULTS: dict[str, Any] = {
     "differentiable": False,
 }
 
+# Param groups written by timm's RMSpropTF, recognised by its own key
+# `decoupled_decay`: they read as the "timm" preset, with timm's names mapped
+# onto ours. Options of timm's that have no equivalent here are refused.
+_TIMM_RENAMES = {"decoupled_decay": "decoupled_weight_decay"}
+_TIMM_UNSUPPORTED = ("caution", "corrected_weight_decay")
+
+
+def _translate_foreign_group(group: dict[str, Any]) -> None:
+    """Bring a param group saved by another library into this layout, in place."""
+    if "layout_version" in group or "decoupled_decay" not in group:
+        return
+    for key in _TIMM_UNSUPPORTED:
+        if group.pop(key, False):
+            raise ValueError(
+                f"loaded state dict comes from timm's RMSpropTF with {key}=True, "
+                "which rmsprop does not implement"
+            )
+    for theirs, ours in _TIMM_RENAMES.items():
+        group[ours] = bool(group.pop(theirs))
+    for key, value in PRESETS["timm"].knobs().items():
+        group.setdefault(key, value)
+    group.setdefault("preset", "timm")
+
 
 class RMSprop(Optimizer):
     r"""RMSProp with every major framework's semantics, selectable by name or knob.
@@ -108,10 +131,11 @@ class RMSprop(Optimizer):
 
     State dicts have PyTorch's layout and cross-load with
     ``torch.optim.RMSprop`` both ways; a group saved by PyTorch reads as the
-    "torch" preset, and the saved groups' knobs replace the current ones, as
-    in PyTorch. ``load_state_dict`` checks everything (group and parameter
-    counts, buffer shapes, layout version, knob values) after its pre-hooks
-    and before it changes anything; a mismatch raises ValueError.
+    "torch" preset, one saved by timm's ``RMSpropTF`` as the "timm" preset,
+    and the saved groups' knobs replace the current ones, as in PyTorch.
+    ``load_state_dict`` checks everything (group and parameter counts, buffer
+    shapes, layout version, knob values) after its pre-hooks and before it
+    changes anything; a mismatch raises ValueError.
 
     Argument validation is PyTorch's, tightened in one place: ``alpha`` must
     lie in [0, 1] (PyTorch accepts any α ≥ 0).
@@ -202,6 +226,7 @@ class RMSprop(Optimizer):
         # this with the loaded groups and state, so a mismatch leaves us as we were.
         groups = state["param_groups"]
         for group in groups:
+            _translate_foreign_group(group)
             for key, value in _TORCH_GROUP_DEFAULTS.items():
                 group.setdefault(key, value)
         check_loaded(groups, state["state"], LAYOUT_VERSION)
