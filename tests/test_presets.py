@@ -222,3 +222,32 @@ def test_presets_are_frozen_data():
         PRESETS["torch"].eps = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         PRESETS["mine"] = PRESETS["torch"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "preset,theirs,ours",
+    [
+        ("keras", dict(learning_rate=1e-3, rho=0.95, epsilon=1e-6, weight_decay=0.01),
+         dict(lr=1e-3, alpha=0.95, eps=1e-6, weight_decay=0.01)),
+        ("tf1", dict(learning_rate=0.1, decay=0.95, epsilon=1e-5, centered=True),
+         dict(lr=0.1, alpha=0.95, eps=1e-5, centered=True)),
+        ("optax", dict(learning_rate=0.1, decay=0.8, initial_scale=1.0, momentum=None,
+                       add_decayed_weights=0.1, eps_in_sqrt=False),
+         dict(lr=0.1, alpha=0.8, initial_square_avg=1.0, momentum=0.0, weight_decay=0.1,
+              eps_in_sqrt=False)),
+        ("timm", dict(lr=0.1, decoupled_decay=True, lr_in_momentum=False),
+         dict(lr=0.1, decoupled_weight_decay=True, lr_in_momentum=False)),
+        ("seed", dict(lr=0.1, gamma=0.5), dict(lr=0.1, alpha=0.5)),
+        ("torch", dict(lr=0.1, maximize=True, foreach=False), dict(lr=0.1, maximize=True, foreach=False)),
+    ],
+)
+def test_translate_renames_the_frameworks_arguments(preset, theirs, ours):
+    assert rmsprop.translate(preset, **theirs) == {"preset": preset, **ours}
+    rmsprop.RMSprop([torch.nn.Parameter(torch.zeros(1))], **rmsprop.translate(preset, **theirs))
+
+
+def test_translate_refuses_what_has_no_counterpart():
+    with pytest.raises(ValueError, match="keras argument 'clipnorm' has no counterpart"):
+        rmsprop.translate("keras", clipnorm=1.0)
+    with pytest.raises(ValueError, match="Unknown preset"):
+        rmsprop.translate("mxnet")

@@ -11,7 +11,7 @@
 from . import functional
 from .engine import rmsprop_update
 from .optimizer import LAYOUT_VERSION, RMSprop
-from .presets import PRESETS, Preset
+from .presets import PRESETS, Preset, translate
 from .seed import RMSPropOptimizer
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "RMSprop",
     "functional",
     "rmsprop_update",
+    "translate",
 ]
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "KNOBS", "get_preset"]
+__all__ = ["Preset", "PRESETS", "KNOBS", "get_preset", "translate"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Preset:
         nesterov: Nesterov momentum (optax's ``trace(nesterov=True)``).
         decoupled_weight_decay: θ ← θ(1 − η·λ) instead of the L2 gradient term.
         bias_correction: divide the averages by 1 − αᵗ (optax's option).
+        argument_names: the framework's own argument names that differ from
+            ours, as (theirs, ours) pairs; :func:`translate` applies them.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Preset:
     nesterov: bool = False
     decoupled_weight_decay: bool = False
     bias_correction: bool = False
+    argument_names: tuple[tuple[str, str], ...] = ()
 
     def knobs(self) -> dict[str, Any]:
         """The preset's knob values as a plain dict (``lr`` may be ``None``)."""
@@ -68,7 +71,7 @@ class Preset:
 
 # Every per-group knob a preset sets, in the order the documentation lists them.
 KNOBS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "source")
+    f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "source", "argument_names")
 )
 
 _ALL = (
@@ -79,6 +82,7 @@ _ALL = (
         alpha=0.9,
         eps=1e-8,
         eps_in_sqrt=True,
+        argument_names=(("gamma", "alpha"),),
     ),
     Preset(
         "torch",
@@ -97,6 +101,7 @@ _ALL = (
         eps_in_sqrt=True,
         initial_square_avg=1.0,
         lr_in_momentum=True,
+        argument_names=(("learning_rate", "lr"), ("decay", "alpha"), ("epsilon", "eps")),
     ),
     Preset(
         "keras",
@@ -108,6 +113,7 @@ _ALL = (
         eps_in_sqrt=True,
         lr_in_momentum=True,
         decoupled_weight_decay=True,
+        argument_names=(("learning_rate", "lr"), ("rho", "alpha"), ("epsilon", "eps")),
     ),
     Preset(
         "optax",
@@ -117,6 +123,12 @@ _ALL = (
         eps=1e-8,
         eps_in_sqrt=True,
         lr_in_momentum=True,
+        argument_names=(
+            ("learning_rate", "lr"),
+            ("decay", "alpha"),
+            ("initial_scale", "initial_square_avg"),
+            ("add_decayed_weights", "weight_decay"),
+        ),
     ),
     Preset(
         "timm",
@@ -127,6 +139,7 @@ _ALL = (
         eps_in_sqrt=True,
         initial_square_avg=1.0,
         lr_in_momentum=True,
+        argument_names=(("decoupled_decay", "decoupled_weight_decay"),),
     ),
     Preset(
         "dqn",
@@ -150,3 +163,27 @@ def get_preset(name: str) -> Preset:
     except (KeyError, TypeError):
         valid = ", ".join(repr(n) for n in PRESETS)
         raise ValueError(f"Unknown preset {name!r}; valid presets are {valid}") from None
+
+# Arguments of RMSprop that are not a preset's business.
+_PATH_ARGUMENTS = ("maximize", "foreach", "capturable", "differentiable")
+
+
+def translate(preset: str, **theirs: Any) -> dict[str, Any]:
+    """The framework's own arguments renamed to ours, plus ``preset=``.
+
+    ``RMSprop(params, **translate("keras", learning_rate=1e-3, rho=0.95))`` is
+    ``RMSprop(params, preset="keras", lr=1e-3, alpha=0.95)``. Names that are
+    already ours pass through; a name that is neither raises ValueError (in
+    optax, ``add_decayed_weights`` is the ``optax.add_decayed_weights(λ)``
+    chained before ``optax.rmsprop``; in optax, ``momentum=None`` means 0).
+    """
+    names = dict(get_preset(preset).argument_names)
+    ours: dict[str, Any] = {"preset": preset}
+    for key, value in theirs.items():
+        name = names.get(key, key)
+        if name not in KNOBS and name not in _PATH_ARGUMENTS:
+            raise ValueError(f"{preset} argument {key!r} has no counterpart in rmsprop.RMSprop")
+        if name == "momentum" and value is None:
+            value = 0.0
+        ours[name] = value
+    return ours
