@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench parity goldens clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,25 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests
 
+# The live peers (TensorFlow, Keras, JAX/optax, timm) live in their own
+# environment, never in the project's: scripts/make_goldens.py explains it.
+PARITY_STAMP := .parity-venv/.installed
+
+$(PARITY_STAMP): scripts/parity-requirements.txt constraints.txt
+	test -x .parity-venv/bin/python || $(PYTHON) -m venv .parity-venv
+	.parity-venv/bin/pip install --quiet --upgrade pip
+	.parity-venv/bin/pip install --quiet --no-deps -c constraints.txt -r scripts/parity-requirements.txt
+	touch $(PARITY_STAMP)
+
+parity: $(PARITY_STAMP) $(STAMP)   # rerun the live peers against the goldens, then replay them
+	.parity-venv/bin/python scripts/make_goldens.py --check
+	$(PY) -m pytest -q tests/test_parity.py
+
+goldens: $(PARITY_STAMP)           # rewrite tests/goldens from the live peers
+	.parity-venv/bin/python scripts/make_goldens.py --peer all
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .parity-venv build src/*.egg-info .pytest_cache
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_paths.py

@@ -39,6 +39,7 @@ _TORCH_GROUP_DEFAULTS: dict[str, Any] = {
 # onto ours. Options of timm's that have no equivalent here are refused.
 _TIMM_RENAMES = {"decoupled_decay": "decoupled_weight_decay"}
 _TIMM_UNSUPPORTED = ("caution", "corrected_weight_decay")
+_TIMM_INTERNAL = ("max_lr_snapshot",)  # bookkeeping for corrected_weight_decay
 
 
 def _translate_foreign_group(group: dict[str, Any]) -> None:
@@ -51,6 +52,8 @@ def _translate_foreign_group(group: dict[str, Any]) -> None:
                 f"loaded state dict comes from timm's RMSpropTF with {key}=True, "
                 "which rmsprop does not implement"
             )
+    for key in _TIMM_INTERNAL:
+        group.pop(key, None)
     for theirs, ours in _TIMM_RENAMES.items():
         group[ours] = bool(group.pop(theirs))
     for key, value in PRESETS["timm"].knobs().items():
