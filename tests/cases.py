@@ -26,9 +26,9 @@ WEIGHT_DECAY_MODES: dict[str, dict[str, Any]] = {
 SWITCHES = ("centered", "eps_in_sqrt", "bias_correction", "maximize")
 
 
-def every_combination() -> list[tuple[str, dict[str, Any]]]:
-    """Every knob combination: momentum modes × decay modes × switches × v₀ ∈ {0, 1}."""
-    cases = []
+def _labelled() -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+    """(name, the value of each knob dimension, knobs) for the whole product."""
+    out = []
     for (m_name, m), (w_name, w), flags, v0 in itertools.product(
         MOMENTUM_MODES.items(),
         WEIGHT_DECAY_MODES.items(),
@@ -37,9 +37,35 @@ def every_combination() -> list[tuple[str, dict[str, Any]]]:
     ):
         on = [s for s, f in zip(SWITCHES, flags) if f]
         name = "-".join([m_name, w_name, *on, f"v0={v0:g}"])
+        labels = {"momentum": m_name, "decay": w_name, "v0": f"{v0:g}",
+                  **{s: str(f) for s, f in zip(SWITCHES, flags)}}
         knobs = {**m, **w, **dict(zip(SWITCHES, flags)), "initial_square_avg": v0}
-        cases.append((name, {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, **knobs}))
-    return cases
+        out.append((name, labels, {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, **knobs}))
+    return out
+
+
+def every_combination() -> list[tuple[str, dict[str, Any]]]:
+    """Every knob combination: momentum modes × decay modes × switches × v₀ ∈ {0, 1}."""
+    return [(name, knobs) for name, _, knobs in _labelled()]
+
+
+def pairwise_combinations() -> list[tuple[str, dict[str, Any]]]:
+    """A subset of :func:`every_combination` in which every pair of values of
+    any two knob dimensions (momentum mode, decay mode, each switch, v₀) occurs
+    at least once: a covering array, picked greedily and deterministically."""
+    rows = _labelled()
+
+    def pairs(labels):
+        keys = list(labels)
+        return {(a, labels[a], b, labels[b]) for i, a in enumerate(keys) for b in keys[i + 1:]}
+
+    uncovered = set().union(*(pairs(labels) for _, labels, _ in rows))
+    chosen = []
+    while uncovered:
+        best = max(rows, key=lambda row: len(pairs(row[1]) & uncovered))
+        chosen.append((best[0], best[2]))
+        uncovered -= pairs(best[1])
+    return chosen
 
 
 # Configurations torch.optim.RMSprop can express, for the drop-in checks.
@@ -53,3 +79,4 @@ TORCH_EXPRESSIBLE: list[tuple[str, dict[str, Any]]] = [
         for values in itertools.product((0, 0.9), (False, True), (0, 0.1), (False, True))
     )
 ]
+

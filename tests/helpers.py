@@ -24,10 +24,11 @@ def make_params(dtype: torch.dtype = torch.float64, seed: int = 0, complex_too: 
     return params
 
 
-def grad_stream(params, steps: int, seed: int = 1):
+def grad_stream(params, steps: int, seed: int = 1, decades: int = 3):
     """Per step, one gradient per parameter (or None): large, tiny and mixed-sign
-    values, with the second parameter skipping every third step and the last
-    (frozen) parameter never receiving one."""
+    values (magnitudes from 10**-decades to 10**decades), with the second
+    parameter skipping every third step and the last (frozen) parameter never
+    receiving one."""
     gen = torch.Generator().manual_seed(seed)
     stream = []
     for t in range(steps):
@@ -37,7 +38,7 @@ def grad_stream(params, steps: int, seed: int = 1):
                 grads.append(None)
                 continue
             g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
-            scale = 10.0 ** ((t + i) % 7 - 3)  # 1e-3 … 1e3
+            scale = 10.0 ** ((t + i) % (2 * decades + 1) - decades)
             grads.append(g * scale)
         stream.append(grads)
     return stream

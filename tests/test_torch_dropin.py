@@ -124,7 +124,7 @@ def test_signature_is_torchs():
     positional = [n for n, p in ours.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
     assert positional == list(theirs)
     extra = [n for n, p in ours.items() if p.kind is p.KEYWORD_ONLY]
-    assert extra == ["preset", "eps_in_sqrt", "initial_square_avg", "lr_in_momentum", "nesterov",
+    assert extra == ["fused", "preset", "eps_in_sqrt", "initial_square_avg", "lr_in_momentum", "nesterov",
                      "decoupled_weight_decay", "bias_correction"]
 
 

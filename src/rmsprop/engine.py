@@ -31,8 +31,10 @@ Scalar = float | Tensor
 class Hyper(NamedTuple):
     """The resolved knobs of one param group, as the engine reads them.
 
-    Numbers are Python scalars (or, for ``lr``, a 0-d tensor when the group is
-    capturable), so no value is rounded below the parameter's precision.
+    Numbers are Python scalars, so no value is rounded below the parameter's
+    precision, or 0-d tensors: ``lr`` when the group is capturable, and every
+    nonzero value on the fused path, so that changing one never recompiles.
+    A Python zero ``weight_decay`` or ``momentum`` switches its lines off.
     """
 
     lr: Scalar
@@ -66,6 +68,29 @@ def bias_correction_factor(alpha: float, step: Tensor, like: Tensor) -> Tensor:
     dtype = torch.promote_types(like.dtype, torch.float32)
     t = step.to(device=like.device, dtype=dtype)
     return 1 - torch.pow(torch.as_tensor(alpha, dtype=dtype, device=like.device), t)
+
+
+def _is_zero(x: Scalar) -> bool:
+    """A knob that switches its formula line off: only a Python zero does.
+
+    The fused path passes every nonzero value as a 0-d tensor, so which lines
+    run is decided when the step is traced, never by the data.
+    """
+    return not isinstance(x, Tensor) and x == 0
+
+
+def _addcmul(x: Tensor, a: Tensor, b: Tensor, value: Scalar) -> Tensor:
+    """x + value·a·b, with PyTorch's fused kernel when value is a number."""
+    if isinstance(value, Tensor):
+        return x + value * a * b
+    return torch.addcmul(x, a, b, value=value)
+
+
+def _lerp(x: Tensor, end: Tensor, weight: Scalar) -> Tensor:
+    """x + weight·(end − x), with PyTorch's kernel when weight is a number."""
+    if isinstance(weight, Tensor):
+        return x + weight * (end - x)
+    return torch.lerp(x, end, weight)
 
 
 def _add(x: Tensor, y: Tensor, alpha: Scalar) -> Tensor:
@@ -115,18 +140,18 @@ def rmsprop_update(
     lr, alpha, eps, wd, mu = hyper.lr, hyper.alpha, hyper.eps, hyper.weight_decay, hyper.momentum
 
     g = grad.neg() if hyper.maximize else grad  # (1)
-    if wd != 0:
+    if not _is_zero(wd):
         if hyper.decoupled_weight_decay:
             param = param.mul(1 - lr * wd)  # (2) θ ← θ·(1 − η·λ)
         else:
-            g = g.add(param, alpha=wd)  # (3) g ← g + λ·θ
+            g = _add(g, param, wd)  # (3) g ← g + λ·θ
     if param.is_complex():
         new = rmsprop_update(*map(_real, (param, g, square_avg, grad_avg, momentum_buffer)),
                              step, hyper._replace(maximize=False, weight_decay=0.0))
         return NewState(*(None if t is None else torch.view_as_complex(t) for t in new))
 
-    v = square_avg.mul(alpha).addcmul(g, g, value=1 - alpha)  # (4) v ← α·v + (1 − α)·g²
-    m = grad_avg.lerp(g, 1 - alpha) if hyper.centered else None  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
+    v = _addcmul(square_avg.mul(alpha), g, g, 1 - alpha)  # (4) v ← α·v + (1 − α)·g²
+    m = _lerp(grad_avg, g, 1 - alpha) if hyper.centered else None  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
 
     v_hat, m_hat = v, m
     if hyper.bias_correction:  # (6) v̂ ← v/(1 − αᵗ), ḡ̂ ← ḡ/(1 − αᵗ)
@@ -146,7 +171,7 @@ def rmsprop_update(
         denom = v_hat.sqrt().add(eps)
 
     # (9) u ← g/d is folded into addcdiv below, as PyTorch does.
-    if mu == 0:
+    if _is_zero(mu):
         return NewState(_addcdiv(param, g, denom, -lr), v, m, None)  # (10) θ ← θ − η·u
 
     if hyper.lr_in_momentum:

@@ -39,6 +39,7 @@ def rmsprop(
     nesterov: bool = False,
     decoupled_weight_decay: bool = False,
     bias_correction: bool = False,
+    fused: bool | None = None,
 ) -> None:
     """Apply one RMSProp step in place to ``params`` and their state.
 
@@ -71,5 +72,5 @@ def rmsprop(
         decoupled_weight_decay=decoupled_weight_decay,
         bias_correction=bias_correction,
     )
-    path = choose_path(params, foreach, differentiable)
+    path = choose_path(params, foreach, differentiable, fused)
     PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, hyper)

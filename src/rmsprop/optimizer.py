@@ -32,6 +32,7 @@ _TORCH_GROUP_DEFAULTS: dict[str, Any] = {
     "foreach": None,
     "maximize": False,
     "differentiable": False,
+    "fused": None,
 }
 
 # Param groups written by timm's RMSpropTF, recognised by its own key
@@ -118,6 +119,9 @@ class RMSprop(Optimizer):
         foreach: True for the multi-tensor path, False for the reference
             path, None to let :func:`rmsprop.paths.choose_path` pick
             (default: None).
+        fused: True for one compiled pass over memory per tensor
+            (``torch.compile`` of the same update), False never to compile,
+            None to let :func:`rmsprop.paths.choose_path` pick (default: None).
         maximize: maximize the objective instead of minimizing (default: False).
         differentiable: let autograd run through the step (reference path
             only) (default: False).
@@ -170,6 +174,7 @@ class RMSprop(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         *,
+        fused: bool | None = None,
         preset: str | None = None,
         eps_in_sqrt: bool | None = None,
         initial_square_avg: float | None = None,
@@ -203,6 +208,7 @@ class RMSprop(Optimizer):
             "foreach": foreach,
             "maximize": maximize,
             "differentiable": differentiable,
+            "fused": fused,
             "layout_version": LAYOUT_VERSION,
         }
         check_group(defaults, lr_required=False)
@@ -250,7 +256,7 @@ class RMSprop(Optimizer):
                         float(p_state["step"]), dtype=_get_scalar_dtype(), device=device
                     )
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
+    def _gather_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
         params, grads, square_avgs, grad_avgs, momentum_buffers, steps = [], [], [], [], [], []
         for p in group["params"]:
             if p.grad is None:
@@ -259,13 +265,7 @@ class RMSprop(Optimizer):
                 raise RuntimeError("RMSprop does not support sparse gradients")
             state = self.state[p]
             if not state:
-                step_device = p.device if group["capturable"] else None
-                state["step"] = torch.zeros((), dtype=_get_scalar_dtype(), device=step_device)
-                square_avg = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["initial_square_avg"] != 0:
-                    real = torch.view_as_real(square_avg) if p.is_complex() else square_avg
-                    real.fill_(group["initial_square_avg"])
-                state["square_avg"] = square_avg
+                state.update(self._new_state(p, group))
             # Buffers are created when the knobs first need them, so a group
             # whose momentum or centering is switched on later keeps working.
             if group["momentum"] != 0 and "momentum_buffer" not in state:
@@ -283,6 +283,62 @@ class RMSprop(Optimizer):
                 grad_avgs.append(state["grad_avg"])
         return params, grads, square_avgs, grad_avgs, momentum_buffers, steps
 
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """Run one step on scratch copies of the parameters and state.
+
+        Nothing the optimizer holds changes; what it buys is that the fused
+        path compiles now, so the first real ``step()`` runs at full speed.
+        Every parameter that requires grad is assumed to get one.
+        """
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.requires_grad]
+            if not params:
+                continue
+            scratch = [torch.empty_like(p).copy_(p) for p in params]
+            states = [self._new_state(p, group) for p in params]
+            functional.rmsprop(
+                scratch,
+                [torch.zeros_like(p) for p in params],
+                [s["square_avg"] for s in states],
+                [s["grad_avg"] for s in states] if group["centered"] else [],
+                [s["momentum_buffer"] for s in states] if group["momentum"] != 0 else [],
+                [s["step"] for s in states],
+                **self._path_arguments(group),
+            )
+
+    @staticmethod
+    def _new_state(p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """Fresh state for ``p``: PyTorch's keys, the buffers the knobs use."""
+        step_device = p.device if group["capturable"] else None
+        state = {"step": torch.zeros((), dtype=_get_scalar_dtype(), device=step_device)}
+        square_avg = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["initial_square_avg"] != 0:
+            real = torch.view_as_real(square_avg) if p.is_complex() else square_avg
+            real.fill_(group["initial_square_avg"])
+        state["square_avg"] = square_avg
+        if group["momentum"] != 0:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["centered"]:
+            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @staticmethod
+    def _path_arguments(group: dict[str, Any]) -> dict[str, Any]:
+        """The functional form's keyword arguments for one group."""
+        return {
+            "foreach": group["foreach"],
+            "maximize": group["maximize"],
+            "differentiable": group["differentiable"],
+            "capturable": group["capturable"],
+            "fused": group["fused"],
+            **{k: group[k] for k in KNOBS if k != "initial_square_avg"},
+        }
+
+    # Inside a user's torch.compile the step runs as its own region (a clean
+    # graph break): the fused path brings its own compiled code. (Dynamo also
+    # special-cases methods named `_init_group`, hence `_gather_group`.)
+    @torch.compiler.disable
     @_use_grad_for_differentiable
     def step(self, closure=None):  # type: ignore[override]
         """Perform a single optimization step.
@@ -297,21 +353,12 @@ class RMSprop(Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, square_avgs, grad_avgs, momentum_buffers, steps = self._init_group(group)
+            params, grads, square_avgs, grad_avgs, momentum_buffers, steps = self._gather_group(group)
             if not params:
                 continue
             functional.rmsprop(
-                params,
-                grads,
-                square_avgs,
-                grad_avgs,
-                momentum_buffers,
-                steps,
-                foreach=group["foreach"],
-                maximize=group["maximize"],
-                differentiable=group["differentiable"],
-                capturable=group["capturable"],
-                **{k: group[k] for k in KNOBS if k != "initial_square_avg"},
+                params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
+                **self._path_arguments(group),
             )
         return loss
 

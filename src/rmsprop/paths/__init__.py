@@ -2,6 +2,7 @@
 
 - ``reference``: per tensor, calls :func:`rmsprop.engine.rmsprop_update`.
 - ``foreach``: multi-tensor ``torch._foreach_*`` ops, grouped by device and dtype.
+- ``fused``: the engine's function compiled with ``torch.compile`` over a group.
 """
 
 from __future__ import annotations
@@ -13,36 +14,59 @@ from torch.nn import Parameter
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from .foreach import foreach_step
+from .fused import fused_step, fused_unavailable_reason
 from .reference import reference_step
 
-__all__ = ["PATHS", "choose_path", "foreach_step", "reference_step"]
+__all__ = ["PATHS", "AUTO_FUSED_MIN_NUMEL", "choose_path", "foreach_step", "fused_step", "reference_step"]
 
-PATHS = {"reference": reference_step, "foreach": foreach_step}
+#: The automatic choice compiles a group only from this many elements on: below
+#: it, the first step's compile costs more than a long run saves (README, "Paths").
+AUTO_FUSED_MIN_NUMEL = 1 << 22
+
+PATHS = {"reference": reference_step, "foreach": foreach_step, "fused": fused_step}
 
 # Tensor types the foreach ops take as they are (subclasses such as DTensor go
 # through PyTorch's own policy).
 _PLAIN = (Tensor, Parameter)
 
 
-def choose_path(params: Sequence[Tensor], foreach: bool | None, differentiable: bool) -> str:
+def choose_path(
+    params: Sequence[Tensor], foreach: bool | None, differentiable: bool, fused: bool | None = None
+) -> str:
     """Pick the path for one param group's step. A pure policy function.
 
     An explicit choice always wins, and a choice that cannot run raises rather
-    than falling back: ``foreach=True`` with ``differentiable=True`` is an error
-    (foreach ops do not record autograd history).
+    than falling back: ``foreach=True`` with ``differentiable=True``, ``fused=True``
+    where compiling cannot run (no C++ compiler, an unsupported dtype,
+    ``differentiable=True``, ``RMSPROP_DISABLE_COMPILE=1``), and ``foreach=True``
+    with ``fused=True`` are errors.
 
-    With ``foreach=None``: ``foreach`` on CPU for plain tensors (its
-    cache-blocked loop beats the reference path there; ``make bench``), and
-    PyTorch's own choice elsewhere (``foreach`` where the device has native
-    multi-tensor kernels, e.g. CUDA); ``reference`` otherwise and whenever
-    ``differentiable=True``.
+    With ``fused=None, foreach=None``: ``fused`` for groups of at least
+    AUTO_FUSED_MIN_NUMEL elements where it can run; otherwise ``foreach`` on
+    CPU for plain tensors (its cache-blocked loop beats the reference path
+    there; ``make bench``), and PyTorch's own choice elsewhere (``foreach``
+    where the device has native multi-tensor kernels, e.g. CUDA);
+    ``reference`` otherwise and whenever ``differentiable=True``.
     """
+    if foreach and fused:
+        raise ValueError("`foreach` and `fused` should not both be True.")
+    if fused:
+        reason = fused_unavailable_reason(list(params), differentiable)
+        if reason is not None:
+            raise ValueError(f"fused=True cannot run: {reason}")
+        return "fused"
     if foreach:
         if differentiable:
             raise ValueError("foreach=True cannot run with differentiable=True: "
                              "foreach ops do not support autograd; use foreach=False")
         return "foreach"
     if foreach is None and params and not differentiable:
+        if (
+            fused is None
+            and sum(p.numel() for p in params) >= AUTO_FUSED_MIN_NUMEL
+            and fused_unavailable_reason(list(params), differentiable) is None
+        ):
+            return "fused"
         if all(p.device.type == "cpu" and type(p) in _PLAIN for p in params):
             return "foreach"
         _, use_foreach = _default_to_fused_or_foreach(list(params), differentiable, use_fused=False)

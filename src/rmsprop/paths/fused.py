@@ -1,0 +1,186 @@
+"""The fused path: the engine's pure function, compiled over a whole group.
+
+``torch.compile(fullgraph=True)`` traces :func:`rmsprop.engine.rmsprop_update`
+for every tensor of a device-and-dtype group and Inductor turns the result into
+one pass over memory per tensor (C++/OpenMP on CPU, Triton on CUDA). It is the
+same function the reference path calls, so the two cannot drift.
+
+What is compiled in, and what is a runtime value:
+
+- compile-time: the boolean knobs (centered, maximize, eps_in_sqrt,
+  lr_in_momentum, nesterov, decoupled_weight_decay, bias_correction), whether
+  weight decay and momentum are on at all, and the tensors' count, shapes,
+  dtype and device;
+- runtime, as 0-d float64 tensors, so that derived values such as 1 − α are
+  exact before they meet the tensors, as with Python numbers on the other
+  paths: lr, alpha, eps and the nonzero weight_decay and momentum. A
+  learning-rate schedule, or a changed alpha, never recompiles.
+
+The tensors are updated in float64 for float64 parameters and in float32
+otherwise (float16 and bfloat16 parameters are rounded once, when written back).
+
+One compiled function is kept per distinct structure (the compile-time part
+above), shared by every optimizer in the process, each with its own code
+object so that Dynamo's per-code recompile limit never falls back to eager.
+Inductor's on-disk cache lets a second process skip the C++/Triton build.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+from ..engine import Hyper, _is_zero, rmsprop_update
+
+__all__ = ["fused_step", "fused_unavailable_reason", "compiled_structures", "DISABLE_ENV"]
+
+#: Set to 1 to turn compiling off everywhere: ``fused=True`` then raises and the
+#: automatic choice never picks the fused path.
+DISABLE_ENV = "RMSPROP_DISABLE_COMPILE"
+
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                 torch.complex64, torch.complex128)
+
+# structure key → compiled callable; shared across optimizers and steps.
+_COMPILED: dict[tuple, Callable[..., None]] = {}
+
+
+def compiled_structures() -> int:
+    """How many distinct group structures have been compiled in this process."""
+    return len(_COMPILED)
+
+
+def fused_unavailable_reason(params: list[Tensor], differentiable: bool) -> str | None:
+    """Why the fused path cannot run on these parameters, or None if it can."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return f"compiling is turned off by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
+    if differentiable:
+        return "differentiable=True needs the reference path (the compiled step records no autograd history)"
+    for p in params:
+        if p.dtype not in _FUSED_DTYPES:
+            return f"dtype {p.dtype} is not supported (floating point or complex only)"
+        if type(p) not in (Tensor, torch.nn.Parameter):
+            return f"tensor subclass {type(p).__name__} is not supported"
+    if any(p.device.type == "cpu" for p in params) and not _cpp_compiler():
+        return "no C++ compiler found for Inductor's CPU backend (set CXX or install g++)"
+    return None
+
+
+def _cpp_compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper: Hyper,
+                compute: torch.dtype) -> None:
+    """The traced body: (1)…(14) for every tensor at ``compute`` precision,
+    written back in place (Inductor fuses the casts into the one pass)."""
+    for i in range(len(params)):
+        steps[i].add_(1)
+        new = rmsprop_update(
+            params[i].to(compute), grads[i].to(compute), square_avgs[i].to(compute),
+            grad_avgs[i].to(compute) if hyper.centered else None,
+            None if _is_zero(hyper.momentum) else momentum_buffers[i].to(compute),
+            steps[i], hyper,
+        )
+        params[i].copy_(new.param)
+        square_avgs[i].copy_(new.square_avg)
+        if new.grad_avg is not None:
+            grad_avgs[i].copy_(new.grad_avg)
+        if new.momentum_buffer is not None:
+            momentum_buffers[i].copy_(new.momentum_buffer)
+
+
+def _compiled_for(key: tuple) -> Callable[..., None]:
+    fn = _COMPILED.get(key)
+    if fn is None:
+        # A fresh code object per structure: Dynamo counts recompiles per code
+        # object, and one optimizer may hold many structures.
+        code = _step_group.__code__.replace(co_name=f"_step_group_{len(_COMPILED)}")
+        body = types.FunctionType(code, _step_group.__globals__, code.co_name)
+        fn = torch.compile(body, fullgraph=True, dynamic=False)
+        _COMPILED[key] = fn
+    return fn
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 maths for float64 parameters, float32 for everything narrower."""
+    real = torch.empty((), dtype=dtype).real.dtype if dtype.is_complex else dtype
+    return torch.float64 if real == torch.float64 else torch.float32
+
+
+def _runtime_hyper(hyper: Hyper, device: torch.device, dtype: torch.dtype) -> Hyper:
+    """Nonzero numbers become 0-d tensors (zeros stay Python numbers: they are
+    structure, not values)."""
+
+    def value(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            return x.to(device=device, dtype=dtype)
+        if x == 0:
+            return 0.0
+        return torch.tensor(float(x), dtype=dtype, device=device)
+
+    return hyper._replace(
+        lr=value(hyper.lr), alpha=value(hyper.alpha), eps=value(hyper.eps),
+        weight_decay=value(hyper.weight_decay), momentum=value(hyper.momentum),
+    )
+
+
+def fused_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    grad_avgs: list[Tensor],
+    momentum_buffers: list[Tensor],
+    steps: list[Tensor],
+    hyper: Hyper,
+) -> None:
+    """Apply one step to all tensors: one compiled call per device and dtype."""
+    if not params:
+        return
+    reason = fused_unavailable_reason(params, differentiable=False)
+    if reason is not None:
+        raise RuntimeError(f"fused=True cannot run: {reason}")
+    n = len(params)
+    centered, use_momentum = hyper.centered, hyper.momentum != 0
+    groups = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, square_avgs, grad_avgs if centered else [None] * n,
+         momentum_buffers if use_momentum else [None] * n, steps]
+    )
+    for (device, dtype), ((p, g, v, m, b, t), _) in groups.items():
+        p, g, v = _real(p), _real(g), _real(v)
+        m = _real(m) if centered else []
+        b = _real(b) if use_momentum else []
+        compute = _compute_dtype(dtype)
+        run_hyper = _runtime_hyper(hyper, device, torch.float64)
+        if torch.compiler.is_compiling():
+            # Inside a user's own torch.compile: trace through, do not nest.
+            _step_group(p, g, v, m, b, t, run_hyper, compute)
+            continue
+        key = (
+            hyper.centered, hyper.maximize, hyper.eps_in_sqrt, hyper.lr_in_momentum, hyper.nesterov,
+            hyper.decoupled_weight_decay, hyper.bias_correction,
+            hyper.weight_decay != 0, use_momentum,
+            str(device), p[0].dtype, t[0].device.type,
+            tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
+        )
+        _compiled_for(key)(p, g, v, m, b, t, run_hyper, compute)
+
+
+def _real(tensors: list[Tensor]) -> list[Tensor]:
+    """Detached, real, at-least-1-d views of the same storage: plain tensors
+    whatever the caller's types (so the compiled code is shared), complex
+    tensors as ``view_as_real`` (outside the graph), and 0-d tensors as
+    1-element views (Inductor 2.13 drops in-place writes into some 0-d graph
+    inputs)."""
+    out = []
+    for x in tensors:
+        x = torch.view_as_real(x.detach()) if torch.is_complex(x) else x.detach()
+        out.append(x.view(1) if x.dim() == 0 else x)
+    return out
