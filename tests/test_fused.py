@@ -186,8 +186,12 @@ def test_fused_refuses_without_a_compiler_or_when_turned_off(monkeypatch):
     monkeypatch.delenv("RMSPROP_DISABLE_COMPILE")
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(fused.shutil, "which", lambda name: None)
-    with pytest.raises(ValueError, match="no C\\+\\+ compiler"):
-        choose_path(params, None, False, True)
+    fused._cpp_compiler.cache_clear()  # the lookup is cached: redo it without a compiler
+    try:
+        with pytest.raises(ValueError, match="no C\\+\\+ compiler"):
+            choose_path(params, None, False, True)
+    finally:
+        fused._cpp_compiler.cache_clear()
     with pytest.raises(ValueError, match="dtype torch.int64 is not supported"):
         choose_path([torch.zeros(3, dtype=torch.int64)], None, False, True)
 

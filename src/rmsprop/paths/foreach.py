@@ -83,7 +83,7 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
     tensor_lr = isinstance(lr, Tensor)
 
     if t[0].is_cpu:  # one wrapped scalar instead of one per tensor on the slow path
-        torch._foreach_add_(t, torch.tensor(1.0), alpha=1.0)
+        torch._foreach_add_(t, _CPU_ONE, alpha=1.0)
     else:
         torch._foreach_add_(t, 1)
 
@@ -158,6 +158,9 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
         torch._foreach_add_(p, torch._foreach_mul(inc, -lr))
     else:
         torch._foreach_add_(p, inc, alpha=-lr)
+
+
+_CPU_ONE = torch.tensor(1.0)  # read only
 
 
 def _real(tensors: list[Tensor]) -> list[Tensor]:

@@ -27,6 +27,7 @@ Inductor's on-disk cache lets a second process skip the C++/Triton build.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import types
@@ -73,8 +74,19 @@ def fused_unavailable_reason(params: list[Tensor], differentiable: bool) -> str 
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def _cpp_compiler() -> str | None:
+    """The C++ compiler Inductor would use (looked up once: PATH walks are slow)."""
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar(role: str, value: float, device: torch.device) -> Tensor:
+    """A 0-d float64 tensor holding ``value``, reused across steps (never
+    written). Keyed by role too: two knobs that happen to be equal must not
+    share one tensor, or Dynamo would guard on the aliasing and recompile
+    when they part."""
+    return torch.tensor(value, dtype=torch.float64, device=device)
 
 
 def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper: Hyper,
@@ -115,21 +127,21 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if real == torch.float64 else torch.float32
 
 
-def _runtime_hyper(hyper: Hyper, device: torch.device, dtype: torch.dtype) -> Hyper:
-    """Nonzero numbers become 0-d tensors (zeros stay Python numbers: they are
-    structure, not values)."""
+def _runtime_hyper(hyper: Hyper, device: torch.device) -> Hyper:
+    """Nonzero numbers become 0-d float64 tensors (zeros stay Python numbers:
+    they are structure, not values)."""
 
-    def value(x: Any) -> Any:
+    def value(role: str, x: Any) -> Any:
         if isinstance(x, Tensor):
-            return x.to(device=device, dtype=dtype)
+            return x.to(device=device, dtype=torch.float64)
         if x == 0:
             return 0.0
-        return torch.tensor(float(x), dtype=dtype, device=device)
+        return _scalar(role, float(x), device)
 
-    return hyper._replace(
-        lr=value(hyper.lr), alpha=value(hyper.alpha), eps=value(hyper.eps),
-        weight_decay=value(hyper.weight_decay), momentum=value(hyper.momentum),
-    )
+    return hyper._replace(**{
+        role: value(role, getattr(hyper, role))
+        for role in ("lr", "alpha", "eps", "weight_decay", "momentum")
+    })
 
 
 def fused_step(
@@ -144,9 +156,6 @@ def fused_step(
     """Apply one step to all tensors: one compiled call per device and dtype."""
     if not params:
         return
-    reason = fused_unavailable_reason(params, differentiable=False)
-    if reason is not None:
-        raise RuntimeError(f"fused=True cannot run: {reason}")
     n = len(params)
     centered, use_momentum = hyper.centered, hyper.momentum != 0
     groups = Optimizer._group_tensors_by_device_and_dtype(
@@ -158,7 +167,7 @@ def fused_step(
         m = _real(m) if centered else []
         b = _real(b) if use_momentum else []
         compute = _compute_dtype(dtype)
-        run_hyper = _runtime_hyper(hyper, device, torch.float64)
+        run_hyper = _runtime_hyper(hyper, device)
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
             _step_group(p, g, v, m, b, t, run_hyper, compute)
