@@ -41,13 +41,18 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def _fused_against_reference(knobs, steps=STEPS, tolerance=FP32_TOLERANCE):
+def _well_conditioned(knobs):
+    """Centered with bias correction: at step 1 the radicand v̂ − ḡ̂² is g² − g²,
+    exactly 0, so the first update is rounding noise over ε and any two correct
+    implementations part by noise/ε (2.5e-5 seen even in float64 with ε = 1e-3).
+    A large ε (above every g² here) keeps the comparison about the code."""
     if knobs["centered"] and knobs["bias_correction"]:
-        # At step 1 the radicand v̂ − ḡ̂² is g² − g², exactly 0, so the first
-        # update is rounding noise over ε and any two correct implementations
-        # part by noise/ε (2.5e-5 seen even in float64 with ε = 1e-3). A large
-        # ε (above every g² here) keeps the comparison about the code.
-        knobs = {**knobs, "eps": 1e3}
+        return {**knobs, "eps": 1e3}
+    return knobs
+
+
+def _fused_against_reference(knobs, steps=STEPS, tolerance=FP32_TOLERANCE):
+    knobs = _well_conditioned(knobs)
     dtype = torch.float32
     base = make_params(dtype, complex_too=True)
     stream = grad_stream(base, steps, decades=1)  # 0.1 … 10: comparing code, not conditioning
@@ -100,13 +105,18 @@ def test_the_compiled_graph_runs_and_a_schedule_never_recompiles():
     assert _compiled_region_ran(opt)
 
 
-def test_many_group_structures_never_hit_dynamos_recompile_limit():
+@pytest.mark.parametrize("count", [
+    pytest.param(torch._dynamo.config.recompile_limit + 2, id="limit+2"),
+    pytest.param(30, id="30-groups", marks=pytest.mark.slow),
+])
+def test_many_group_structures_never_hit_dynamos_recompile_limit(count):
     """More distinct structures than Dynamo's default limit of 8 per code object."""
     limit = torch._dynamo.config.recompile_limit
     groups, refs = [], []
-    for i, (_, knobs) in enumerate(every_combination()[::48][: limit + 2]):
+    for i, (_, knobs) in enumerate(every_combination()[::15][:count]):
         shape = (i + 2, 3)
         p = torch.nn.Parameter(torch.randn(shape))
+        knobs = _well_conditioned(knobs)
         groups.append({"params": [p], **knobs})
         refs.append({"params": [torch.nn.Parameter(p.detach().clone())], **knobs})
     assert len(groups) > limit
@@ -119,7 +129,7 @@ def test_many_group_structures_never_hit_dynamos_recompile_limit():
         opt.step()
         ref.step()
     for g, r in zip(groups, refs):
-        assert _relative(g["params"][0].detach(), r["params"][0].detach()) <= 1e-6
+        assert _relative(g["params"][0].detach(), r["params"][0].detach()) <= FP32_TOLERANCE
     assert _compiled_region_ran(opt)
 
 
