@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer
 
 from ..engine import Hyper, bias_correction_factor
+from .grouping import by_device_and_dtype
 
 __all__ = ["foreach_step"]
 
@@ -30,18 +30,8 @@ def foreach_step(
     if not params:
         return
     centered, use_momentum = hyper.centered, hyper.momentum != 0
-    n = len(params)
-    groups = Optimizer._group_tensors_by_device_and_dtype(
-        [
-            params,
-            grads,
-            square_avgs,
-            grad_avgs if centered else [None] * n,
-            momentum_buffers if use_momentum else [None] * n,
-            steps,
-        ]
-    )
-    for (p, g, v, m, b, t), _ in groups.values():
+    grouped = by_device_and_dtype(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper)
+    for _, _, (p, g, v, m, b, t) in grouped:
         for chunk in _chunks(p):
             _step_group(
                 _real(p[chunk]),

@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer
 
 from ..engine import Hyper, _is_zero, rmsprop_update
+from .grouping import by_device_and_dtype
 
 __all__ = ["fused_step", "fused_unavailable_reason", "compiled_structures", "DISABLE_ENV"]
 
@@ -156,13 +156,9 @@ def fused_step(
     """Apply one step to all tensors: one compiled call per device and dtype."""
     if not params:
         return
-    n = len(params)
     centered, use_momentum = hyper.centered, hyper.momentum != 0
-    groups = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, square_avgs, grad_avgs if centered else [None] * n,
-         momentum_buffers if use_momentum else [None] * n, steps]
-    )
-    for (device, dtype), ((p, g, v, m, b, t), _) in groups.items():
+    grouped = by_device_and_dtype(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper)
+    for device, dtype, (p, g, v, m, b, t) in grouped:
         p, g, v = _real(p), _real(g), _real(v)
         m = _real(m) if centered else []
         b = _real(b) if use_momentum else []
