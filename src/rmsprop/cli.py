@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import __version__, demo
+from . import __version__, bench, demo
 
 __all__ = ["main"]
 
@@ -22,6 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
             "demo",
             help="replay the seed notebook, then show where RMSProp beats SGD",
             description=demo.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
+    bench.configure_parser(
+        commands.add_parser(
+            "bench",
+            help="time our paths against torch.optim.RMSprop and the memory-bandwidth roofline",
+            description=bench.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
