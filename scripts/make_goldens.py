@@ -134,14 +134,15 @@ def _problem():
 # torch
 # --------------------------------------------------------------------------------------------
 
-def _torch_run(opts: dict, steps: int, schedule=True, checkpoint_at=None):
+def _run_torch_optimizer(cls, opts: dict, steps: int, schedule=True, checkpoint_at=None):
+    """Step a torch.optim-style optimizer class in float64 over the problem."""
     import torch
 
     params0, grads = _problem()
     base = opts["lr"]
     kw = {k: v for k, v in opts.items() if k != "lr"}
     ps = [torch.tensor(p, dtype=torch.float64) for p in params0]
-    opt = torch.optim.RMSprop(ps, lr=base, **kw)
+    opt = cls(ps, lr=base, **kw)
     rows = [[p.detach().numpy().copy() for p in ps]]
     ckpt = None
     for k in range(steps):
@@ -153,6 +154,12 @@ def _torch_run(opts: dict, steps: int, schedule=True, checkpoint_at=None):
         if checkpoint_at is not None and k + 1 == checkpoint_at:
             ckpt = _clone_state_dict(opt.state_dict())
     return _flat_traj(rows), ckpt, opt
+
+
+def _torch_run(opts: dict, steps: int, schedule=True, checkpoint_at=None):
+    import torch
+
+    return _run_torch_optimizer(torch.optim.RMSprop, opts, steps, schedule, checkpoint_at)
 
 
 def _clone_state_dict(sd):
@@ -578,25 +585,7 @@ def _import_timm_rmsprop_tf():
 
 
 def _timm_run(opts: dict, steps: int, checkpoint_at=None, schedule=True):
-    import torch
-
-    mod = _import_timm_rmsprop_tf()
-    params0, grads = _problem()
-    base = opts["lr"]
-    kw = {k: v for k, v in opts.items() if k != "lr"}
-    ps = [torch.tensor(p, dtype=torch.float64) for p in params0]
-    opt = mod.RMSpropTF(ps, lr=base, **kw)
-    rows = [[p.detach().numpy().copy() for p in ps]]
-    ckpt = None
-    for k in range(steps):
-        opt.param_groups[0]["lr"] = P.lr_at(base, k) if schedule else base
-        for p, g in zip(ps, grads[k]):
-            p.grad = torch.tensor(g, dtype=torch.float64)
-        opt.step()
-        rows.append([p.detach().numpy().copy() for p in ps])
-        if checkpoint_at is not None and k + 1 == checkpoint_at:
-            ckpt = _clone_state_dict(opt.state_dict())
-    return _flat_traj(rows), ckpt, opt
+    return _run_torch_optimizer(_import_timm_rmsprop_tf().RMSpropTF, opts, steps, schedule, checkpoint_at)
 
 
 def _timm_initial_square_avg() -> str:

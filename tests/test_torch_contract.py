@@ -823,24 +823,12 @@ def test_load_state_dict_pre_post_hook(optim_cls, config):
     assert optimizer.state["ran_load_post_hook"] is True
 
 
+@pytest.mark.parametrize("register", ["register_step_pre_hook", "register_step_post_hook"])
 @pytest.mark.parametrize("config", configs("all"))
-def test_step_pre_hook(optim_cls, config):
+def test_step_pre_and_post_hook(optim_cls, config, register):
     optimizer = optim_cls([torch.tensor([1.0, 1.0])], **config.kwargs())
     calls = []
-    handle = optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append(opt))
-    optimizer.step()
-    optimizer.step()
-    assert calls == [optimizer, optimizer]
-    handle.remove()
-    optimizer.step()
-    assert len(calls) == 2
-
-
-@pytest.mark.parametrize("config", configs("all"))
-def test_step_post_hook(optim_cls, config):
-    optimizer = optim_cls([torch.tensor([1.0, 1.0])], **config.kwargs())
-    calls = []
-    handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append(opt))
+    handle = getattr(optimizer, register)(lambda opt, args, kwargs: calls.append(opt))
     optimizer.step()
     optimizer.step()
     assert calls == [optimizer, optimizer]
