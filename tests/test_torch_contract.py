@@ -871,6 +871,28 @@ def test_step_all_hooks(optim_cls, config):
     assert order == one_step * 3
 
 
+def test_step_pre_hook_may_replace_the_arguments(optim_cls):
+    optimizer = optim_cls([torch.tensor([1.0, 1.0])])
+    called = []
+    # The hooks see step's own arguments, the optimizer first.
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: ((opt, lambda: called.append(1) or 2.0), {}))
+    assert optimizer.step() == 2.0
+    assert called == [1]
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: "not a pair")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        optimizer.step()
+
+
+def test_step_is_a_profiler_range(optim_cls):
+    """The step shows in a profile under PyTorch's name for it."""
+    p = torch.tensor([1.0, 1.0], requires_grad=True)
+    p.grad = torch.ones_like(p)
+    optimizer = optim_cls([p])
+    with torch.profiler.profile() as prof:
+        optimizer.step()
+    assert f"Optimizer.step#{optim_cls.__name__}.step" in {event.name for event in prof.events()}
+
+
 # ------------------------------------------------------------------ differentiability
 
 

@@ -7,12 +7,14 @@ library's semantic knobs as keywords, defaulting to PyTorch's semantics.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from .engine import Hyper
 from .paths import PATHS, choose_path
 
-__all__ = ["rmsprop"]
+__all__ = ["rmsprop", "make_hyper", "apply"]
 
 
 def rmsprop(
@@ -56,10 +58,8 @@ def rmsprop(
         raise RuntimeError(
             "API has changed, `state_steps` argument must contain a list of singleton tensors"
         )
-    if isinstance(lr, Tensor):
-        lr = lr.reshape(()) if capturable else lr.item()
-    hyper = Hyper(
-        lr=lr,
+    hyper = make_hyper(
+        lr, capturable,
         alpha=alpha,
         eps=eps,
         weight_decay=weight_decay,
@@ -72,5 +72,31 @@ def rmsprop(
         decoupled_weight_decay=decoupled_weight_decay,
         bias_correction=bias_correction,
     )
+    apply(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, hyper,
+          foreach=foreach, differentiable=differentiable, fused=fused)
+
+
+def make_hyper(lr: float | Tensor, capturable: bool, **knobs: Any) -> Hyper:
+    """The engine's hyperparameters. A tensor ``lr`` is read as a Python number
+    unless ``capturable=True``, as PyTorch does; then it stays a tensor."""
+    if isinstance(lr, Tensor):
+        lr = lr.reshape(()) if capturable else lr.item()
+    return Hyper(lr=lr, **knobs)
+
+
+def apply(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    grad_avgs: list[Tensor],
+    momentum_buffers: list[Tensor],
+    steps: list[Tensor],
+    hyper: Hyper,
+    *,
+    foreach: bool | None,
+    differentiable: bool,
+    fused: bool | None,
+) -> None:
+    """Pick the path for these tensors (:func:`rmsprop.paths.choose_path`) and run it."""
     path = choose_path(params, foreach, differentiable, fused)
-    PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, hyper)
+    PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,6 +12,8 @@ from torch.optim.optimizer import (
     Optimizer,
     ParamsT,
     _get_scalar_dtype,
+    _global_optimizer_post_hooks,
+    _global_optimizer_pre_hooks,
     _use_grad_for_differentiable,
 )
 
@@ -34,6 +38,9 @@ _TORCH_GROUP_DEFAULTS: dict[str, Any] = {
     "differentiable": False,
     "fused": None,
 }
+
+# The group keys that reach the engine as they are (lr needs a look first).
+_HYPER_KNOBS = tuple(k for k in KNOBS if k not in ("lr", "initial_square_avg"))
 
 # Param groups written by timm's RMSpropTF, recognised by its own key
 # `decoupled_decay`: they read as the "timm" preset, with timm's names mapped
@@ -335,6 +342,22 @@ class RMSprop(Optimizer):
             **{k: group[k] for k in KNOBS if k != "initial_square_avg"},
         }
 
+    @staticmethod
+    def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
+        """PyTorch's wrapper around ``step`` (the step pre- and post-hooks, the
+        profiler's range and entry point), except that the profiler range is
+        opened only while a profiler records: opening it costs more than a
+        small model's whole update. ``Optimizer`` applies this to ``step``."""
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if torch._C._autograd._profiler_enabled():
+                with torch.autograd.profiler.record_function(f"Optimizer.step#{type(args[0]).__name__}.step"):
+                    return _hooked_step(func, args, kwargs)
+            return _hooked_step(func, args, kwargs)
+
+        return wrapper
+
     # Inside a user's torch.compile the step runs as its own region (a clean
     # graph break): the fused path brings its own compiled code. (Dynamo also
     # special-cases methods named `_init_group`, hence `_gather_group`.)
@@ -353,13 +376,15 @@ class RMSprop(Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, square_avgs, grad_avgs, momentum_buffers, steps = self._gather_group(group)
-            if not params:
+            lists = self._gather_group(group)
+            if not lists[0]:
                 continue
-            functional.rmsprop(
-                params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
-                **self._path_arguments(group),
+            hyper = functional.make_hyper(
+                group["lr"], group["capturable"], maximize=group["maximize"],
+                **{k: group[k] for k in _HYPER_KNOBS},
             )
+            functional.apply(*lists, hyper, foreach=group["foreach"],
+                             differentiable=group["differentiable"], fused=group["fused"])
         return loss
 
     def __repr__(self) -> str:
@@ -373,6 +398,26 @@ class RMSprop(Optimizer):
                 out.append(f"    update: {describe(self.param_groups[index])}")
                 index += 1
         return "\n".join(out)
+
+
+def _hooked_step(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """Run ``func(*args, **kwargs)`` (``args[0]`` the optimizer) between the
+    global and per-optimizer step hooks, as ``torch.optim.Optimizer`` does: the
+    hooks see the same arguments, and a pre-hook may replace them."""
+    opt = args[0]
+    for pre_hook in (*_global_optimizer_pre_hooks.values(), *opt._optimizer_step_pre_hooks.values()):
+        result = pre_hook(opt, args, kwargs)
+        if result is not None:
+            if not (isinstance(result, tuple) and len(result) == 2):
+                raise RuntimeError(
+                    f"{func} must return None or a tuple of (new_args, new_kwargs), but got {result}."
+                )
+            args, kwargs = result
+    out = func(*args, **kwargs)
+    opt._optimizer_step_code()
+    for post_hook in (*opt._optimizer_step_post_hooks.values(), *_global_optimizer_post_hooks.values()):
+        post_hook(opt, args, kwargs)
+    return out
 
 
 def describe(group: dict[str, Any]) -> str:

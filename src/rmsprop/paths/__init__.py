@@ -67,7 +67,7 @@ def choose_path(
             and fused_unavailable_reason(list(params), differentiable) is None
         ):
             return "fused"
-        if all(p.device.type == "cpu" and type(p) in _PLAIN for p in params):
+        if all(p.is_cpu and type(p) in _PLAIN for p in params):
             return "foreach"
         _, use_foreach = _default_to_fused_or_foreach(list(params), differentiable, use_fused=False)
         if use_foreach:

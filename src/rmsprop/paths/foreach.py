@@ -31,14 +31,15 @@ def foreach_step(
         return
     centered, use_momentum = hyper.centered, hyper.momentum != 0
     grouped = by_device_and_dtype(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper)
-    for _, _, (p, g, v, m, b, t) in grouped:
+    for _, dtype, (p, g, v, m, b, t) in grouped:
+        if dtype.is_complex:
+            p, g, v = _real(p), _real(g), _real(v)
+            m, b = _real(m) if centered else m, _real(b) if use_momentum else b
         for chunk in _chunks(p):
             _step_group(
-                _real(p[chunk]),
-                _real(g[chunk]),
-                _real(v[chunk]),
-                _real(m[chunk]) if centered else None,
-                _real(b[chunk]) if use_momentum else None,
+                p[chunk], g[chunk], v[chunk],
+                m[chunk] if centered else None,
+                b[chunk] if use_momentum else None,
                 t[chunk],
                 hyper,
             )
@@ -56,7 +57,7 @@ CPU_CHUNK_NUMEL = 1 << 18
 def _chunks(params: list[Tensor]) -> list[slice]:
     """Slices of ``params`` to step together: the whole list off CPU, else
     consecutive runs of at most CPU_CHUNK_NUMEL elements (a larger tensor alone)."""
-    if not params or params[0].device.type != "cpu":
+    if not params or not params[0].is_cpu or sum(p.numel() for p in params) <= CPU_CHUNK_NUMEL:
         return [slice(0, len(params))]
     chunks, start, size = [], 0, 0
     for i, p in enumerate(params):
@@ -154,4 +155,4 @@ _CPU_ONE = torch.tensor(1.0)  # read only
 
 
 def _real(tensors: list[Tensor]) -> list[Tensor]:
-    return [torch.view_as_real(x) if torch.is_complex(x) else x for x in tensors]
+    return [torch.view_as_real(x) for x in tensors]

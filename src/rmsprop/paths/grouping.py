@@ -28,13 +28,19 @@ def by_device_and_dtype(
     unless the knobs use them); in what is yielded they are lists of None then.
     """
     n = len(params)
-    groups = Optimizer._group_tensors_by_device_and_dtype([
+    lists = (
         params,
         grads,
         square_avgs,
         grad_avgs if hyper.centered else [None] * n,
         momentum_buffers if hyper.momentum != 0 else [None] * n,
         steps,
-    ])
-    for (device, dtype), (lists, _) in groups.items():
-        yield device, dtype, tuple(lists)
+    )
+    # One device and dtype (nearly every model): no grouping to do, and
+    # PyTorch's grouping would cost more than a small model's whole update.
+    dtype, device = params[0].dtype, params[0].device
+    if all(p.dtype is dtype and p.device == device for p in params):
+        yield device, dtype, lists
+        return
+    for (device, dtype), (grouped, _) in Optimizer._group_tensors_by_device_and_dtype(list(lists)).items():
+        yield device, dtype, tuple(grouped)
