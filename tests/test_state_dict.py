@@ -122,8 +122,17 @@ def _trained():
     "corrupt,message",
     [
         (lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])),
-         "different number of parameter groups"),
-        (lambda sd: sd["param_groups"][0]["params"].pop(), "doesn't match the size of optimizer's group"),
+         "different number of parameter groups: 2 saved, 1 in this optimizer"),
+        (lambda sd: sd["param_groups"][0]["params"].pop(), "group 0 has 5 parameters saved, 6 here"),
+        (lambda sd: sd.pop("param_groups"), "must be a dict with 'state' and 'param_groups'"),
+        (lambda sd: sd["state"][0].__setitem__("exp_avg", torch.zeros(())), r"unknown keys \['exp_avg'\]"),
+        (lambda sd: sd["state"][0].pop("square_avg"), r"parameter 0 of group 0 lacks \['square_avg'\]"),
+        (lambda sd: sd["state"][0].__setitem__("step", torch.tensor(-1.0)), "has step -1.0"),
+        (lambda sd: sd["state"][0].__setitem__("step", torch.tensor(float("nan"))), "has step nan"),
+        (lambda sd: sd["state"][1].__setitem__("square_avg", torch.zeros(7, dtype=torch.complex64)),
+         "square_avg of dtype torch.complex64, the parameter is torch.float32"),
+        (lambda sd: sd["state"][1].__setitem__("momentum_buffer", torch.zeros(7, dtype=torch.int64)),
+         "momentum_buffer of dtype torch.int64"),
         (lambda sd: sd["state"][0].__setitem__("square_avg", torch.zeros(4)), "square_avg for parameter 0"),
         (lambda sd: sd["state"][2].__setitem__("momentum_buffer", torch.zeros(4, 3)), "momentum_buffer"),
         (lambda sd: sd["param_groups"][0].__setitem__("layout_version", 99), "layout_version 99"),
@@ -131,7 +140,8 @@ def _trained():
         (lambda sd: sd["param_groups"][0].__setitem__("nesterov", True) or
          sd["param_groups"][0].__setitem__("momentum", 0.0), "nesterov value: True requires momentum"),
     ],
-    ids=["groups", "param-count", "shape", "buffer-shape", "layout", "bad-knob", "bad-combination"],
+    ids=["groups", "param-count", "no-groups", "alien-key", "missing-key", "negative-step", "nan-step",
+         "complex-state", "integer-state", "shape", "buffer-shape", "layout", "bad-knob", "bad-combination"],
 )
 def test_mismatched_state_dict_raises_before_anything_changes(corrupt, message):
     params, opt = _trained()

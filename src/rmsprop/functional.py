@@ -96,7 +96,11 @@ def apply(
     foreach: bool | None,
     differentiable: bool,
     fused: bool | None,
+    finite: Tensor | None = None,
 ) -> None:
-    """Pick the path for these tensors (:func:`rmsprop.paths.choose_path`) and run it."""
+    """Pick the path for these tensors (:func:`rmsprop.paths.choose_path`) and run it.
+
+    ``finite``: a 0-d bool tensor; where it is False the step changes nothing
+    (the fused path obeys it on the device, the others read it on the host)."""
     path = choose_path(params, foreach, differentiable, fused)
-    PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper)
+    PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper, finite=finite)

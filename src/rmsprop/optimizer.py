@@ -18,6 +18,7 @@ from torch.optim.optimizer import (
 )
 
 from . import functional
+from .finite import check_policy, finite_flags
 from .presets import KNOBS, PRESETS, get_preset
 from .validation import check_group, check_loaded
 
@@ -37,6 +38,7 @@ _TORCH_GROUP_DEFAULTS: dict[str, Any] = {
     "maximize": False,
     "differentiable": False,
     "fused": None,
+    "skipped_steps": 0,
 }
 
 # The group keys that reach the engine as they are (lr needs a look first).
@@ -189,7 +191,11 @@ class RMSprop(Optimizer):
         nesterov: bool | None = None,
         decoupled_weight_decay: bool | None = None,
         bias_correction: bool | None = None,
+        nonfinite: str = "propagate",
     ) -> None:
+        check_policy(nonfinite)
+        self.nonfinite = nonfinite
+        self._pending_skips: Tensor | None = None
         base = get_preset("torch" if preset is None else preset)
         given = dict(
             lr=lr,
@@ -217,6 +223,7 @@ class RMSprop(Optimizer):
             "differentiable": differentiable,
             "fused": fused,
             "layout_version": LAYOUT_VERSION,
+            "skipped_steps": 0,
         }
         check_group(defaults, lr_required=False)
         super().__init__(params, defaults)
@@ -232,10 +239,56 @@ class RMSprop(Optimizer):
             check_group({**self.defaults, **fill, **param_group}, lr_required=True)
             for key, value in fill.items():
                 param_group.setdefault(key, value)
+            if self.param_groups:  # the count is optimizer-wide: every group holds it
+                param_group["skipped_steps"] = self.skipped_steps
         super().add_param_group(param_group)
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps that ``nonfinite="skip"`` skipped, over the optimizer's life
+        (kept in every param group, so state dicts carry it)."""
+        self._settle_skips()
+        return self.param_groups[0]["skipped_steps"] if self.param_groups else 0
+
+    def _settle_skips(self) -> None:
+        """Add the skips decided on an accelerator (one host read, here) to the groups."""
+        if self._pending_skips is not None:
+            pending, self._pending_skips = int(self._pending_skips.item()), None
+            for group in self.param_groups:
+                group["skipped_steps"] += pending
+
+    def state_dict(self) -> dict[str, Any]:
+        self._settle_skips()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any], *, knobs: str = "saved") -> None:
+        """Load a state dict, checked in full before anything changes.
+
+        ``knobs`` says whose hyperparameters and semantic knobs win where the
+        saved groups and this optimizer's differ (the per-parameter state and
+        the skipped-step count always come from the file):
+
+        - ``"saved"`` (PyTorch's rule): the saved groups' values replace ours;
+        - ``"current"``: this optimizer's values stay (lr included); buffers
+          the current knobs need and the file lacks start at zero;
+        - ``"strict"``: any difference in a semantic knob (everything but lr)
+          is a ValueError naming it; otherwise as "saved".
+        """
+        if knobs not in _KNOB_MODES:
+            raise ValueError(f"Invalid knobs value: {knobs!r} (one of {', '.join(map(repr, _KNOB_MODES))})")
+        # Our own last pre-hook: it sees what the user's hooks return, and
+        # checks the layout before PyTorch's loader indexes into it.
+        handle = self.register_load_state_dict_pre_hook(_check_layout)
+        self._loading_knobs = knobs
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            handle.remove()
+            del self._loading_knobs
+
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "_explicit": self._explicit}
+        self._settle_skips()
+        return {**super().__getstate__(), "_explicit": self._explicit, "nonfinite": self.nonfinite}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Everything is checked before anything is set: load_state_dict calls
@@ -249,10 +302,20 @@ class RMSprop(Optimizer):
         for group in groups:
             check_group(group, lr_required=True)
             group["layout_version"] = LAYOUT_VERSION
+        knobs = getattr(self, "_loading_knobs", None)  # set by load_state_dict only
+        if knobs == "strict":
+            _check_same_knobs(groups, self.param_groups)
+        elif knobs == "current":
+            for loaded, current in zip(groups, self.param_groups):
+                loaded.update({k: v for k, v in current.items() if k not in ("params", "skipped_steps")})
         if "_explicit" in state:  # pickled optimizer; load_state_dict passes none
             self._explicit = state.pop("_explicit")
+            self.nonfinite = state.pop("nonfinite", "propagate")
+            self._pending_skips = None
         elif not hasattr(self, "_explicit"):
             self._explicit = {}
+            self.nonfinite = "propagate"
+            self._pending_skips = None
         super().__setstate__(state)
         for group in self.param_groups:
             for p in group["params"]:
@@ -375,6 +438,13 @@ class RMSprop(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        finite = None  # or a 0-d bool tensor that the paths obey on the device
+        if self.nonfinite != "propagate":
+            verdict = self._check_finite()
+            if verdict is False:
+                return loss
+            if isinstance(verdict, Tensor):
+                finite = verdict
         for group in self.param_groups:
             lists = self._gather_group(group)
             if not lists[0]:
@@ -383,9 +453,41 @@ class RMSprop(Optimizer):
                 group["lr"], group["capturable"], maximize=group["maximize"],
                 **{k: group[k] for k in _HYPER_KNOBS},
             )
-            functional.apply(*lists, hyper, foreach=group["foreach"],
-                             differentiable=group["differentiable"], fused=group["fused"])
+            functional.apply(*lists, hyper, foreach=group["foreach"], differentiable=group["differentiable"],
+                             fused=group["fused"], finite=finite)
         return loss
+
+    def _check_finite(self) -> bool | Tensor:
+        """Apply the nonfinite policy before anything changes: True (go on),
+        False (skip this step; counted), or, where the gradients live on an
+        accelerator and the policy is "skip", a 0-d bool tensor that the paths
+        obey without a host sync. Raises FloatingPointError for "raise"."""
+        where = [(g, j, p) for g, group in enumerate(self.param_groups)
+                 for j, p in enumerate(group["params"]) if p.grad is not None]
+        if not where:
+            return True
+        flags = finite_flags([p.grad for _, _, p in where])
+        if self.nonfinite == "raise":
+            if not bool(flags.all()):
+                g, j, p = where[int((~flags).nonzero()[0])]
+                names = self.param_groups[g].get("param_names")
+                who = f"'{names[j]}'" if names else f"{j} of param group {g}"
+                step = int(self.state[p]["step"]) + 1 if self.state.get(p) else 1
+                raise FloatingPointError(
+                    f"non-finite gradient (NaN or Inf) for parameter {who} at step {step}; "
+                    "nothing was changed (nonfinite='raise')"
+                )
+            return True
+        finite = flags.all()
+        if finite.is_cpu:
+            if bool(finite):
+                return True
+            for group in self.param_groups:
+                group["skipped_steps"] += 1
+            return False
+        skipped = (~finite).to(torch.int64)
+        self._pending_skips = skipped if self._pending_skips is None else self._pending_skips + skipped
+        return finite
 
     def __repr__(self) -> str:
         text = super().__repr__()
@@ -398,6 +500,50 @@ class RMSprop(Optimizer):
                 out.append(f"    update: {describe(self.param_groups[index])}")
                 index += 1
         return "\n".join(out)
+
+
+_KNOB_MODES = ("saved", "current", "strict")
+
+# The knobs that define the update (lr and the path choices are not among them).
+_SEMANTIC_KNOBS = (*(k for k in KNOBS if k != "lr"), "maximize")
+
+
+def _check_layout(opt: Optimizer, state_dict: Any) -> None:
+    """A state dict's outer layout and counts, with messages that say what differs."""
+    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+        raise ValueError("loaded state dict must be a dict with 'state' and 'param_groups' keys")
+    saved = state_dict["param_groups"]
+    if len(saved) != len(opt.param_groups):
+        raise ValueError(
+            f"loaded state dict has a different number of parameter groups: {len(saved)} saved, "
+            f"{len(opt.param_groups)} in this optimizer"
+        )
+    for g, (ours, theirs) in enumerate(zip(opt.param_groups, saved)):
+        if len(ours["params"]) != len(theirs["params"]):
+            raise ValueError(
+                f"loaded state dict contains a parameter group that doesn't match the size of optimizer's "
+                f"group: group {g} has {len(theirs['params'])} parameters saved, {len(ours['params'])} here"
+            )
+    # The per-parameter checks, here too: PyTorch's loader casts every buffer
+    # to its parameter's dtype next, which would hide a complex or integer one.
+    state = state_dict["state"]
+    check_loaded(
+        [{**theirs, "params": ours["params"]} for ours, theirs in zip(opt.param_groups, saved)],
+        {p: state[i] for ours, theirs in zip(opt.param_groups, saved)
+         for i, p in zip(theirs["params"], ours["params"]) if i in state},
+        LAYOUT_VERSION,
+    )
+
+
+def _check_same_knobs(loaded: list[dict[str, Any]], current: list[dict[str, Any]]) -> None:
+    differences = [
+        f"group {g} {key}: saved {theirs[key]!r}, current {ours[key]!r}"
+        for g, (theirs, ours) in enumerate(zip(loaded, current))
+        for key in _SEMANTIC_KNOBS
+        if theirs[key] != ours[key]
+    ]
+    if differences:
+        raise ValueError("loaded state dict's knobs differ (knobs='strict'): " + "; ".join(differences))
 
 
 def _hooked_step(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:

@@ -76,10 +76,39 @@ def check_loaded(
                 f"this version of rmsprop reads layouts 0 to {layout}"
             )
         for j, p in enumerate(group["params"]):
-            for key in _STATE_BUFFERS:
-                value = state.get(p, {}).get(key)
-                if isinstance(value, Tensor) and value.shape != p.shape:
-                    raise ValueError(
-                        f"loaded state dict's {key} for parameter {j} of group {g} has shape "
-                        f"{tuple(value.shape)}, the parameter has shape {tuple(p.shape)}"
-                    )
+            p_state = state.get(p)
+            if p_state:
+                _check_param_state(p_state, p, f"parameter {j} of group {g}")
+
+
+_STATE_KEYS = frozenset(("step", *_STATE_BUFFERS))
+
+
+def _check_param_state(p_state: dict[str, Any], p: Tensor, who: str) -> None:
+    where = f"loaded state dict's state for {who}"
+    alien = sorted(map(str, p_state.keys() - _STATE_KEYS))
+    if alien:
+        raise ValueError(f"{where} has unknown keys {alien} (RMSprop keeps {sorted(_STATE_KEYS)})")
+    missing = [key for key in ("step", "square_avg") if key not in p_state]
+    if missing:
+        raise ValueError(f"{where} lacks {missing}")
+    step = p_state["step"]
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex():
+            raise ValueError(f"{where} has a step of shape {tuple(step.shape)} and dtype {step.dtype}")
+        step = step.item()
+    if not isinstance(step, (int, float)) or not 0 <= step < float("inf") or step != int(step):
+        raise ValueError(f"{where} has step {step!r}; a step count is a whole number ≥ 0")
+    for key in _STATE_BUFFERS:
+        value = p_state.get(key)
+        if value is None:
+            continue  # created when the knobs first need it
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{where} has a {type(value).__name__} as {key}, not a tensor")
+        if value.shape != p.shape:
+            raise ValueError(
+                f"loaded state dict's {key} for {who} has shape "
+                f"{tuple(value.shape)}, the parameter has shape {tuple(p.shape)}"
+            )
+        if value.is_complex() != p.is_complex() or not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{where} has {key} of dtype {value.dtype}, the parameter is {p.dtype}")

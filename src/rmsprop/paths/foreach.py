@@ -25,9 +25,12 @@ def foreach_step(
     momentum_buffers: list[Tensor],
     steps: list[Tensor],
     hyper: Hyper,
+    *,
+    finite: Tensor | None = None,
 ) -> None:
-    """Apply one step to all tensors, one multi-tensor op per formula line."""
-    if not params:
+    """Apply one step to all tensors, one multi-tensor op per formula line.
+    Nothing happens where ``finite`` is a False tensor (read on the host)."""
+    if not params or (finite is not None and not bool(finite)):
         return
     centered, use_momentum = hyper.centered, hyper.momentum != 0
     grouped = by_device_and_dtype(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper)

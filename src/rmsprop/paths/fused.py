@@ -90,23 +90,28 @@ def _scalar(role: str, value: float, device: torch.device) -> Tensor:
 
 
 def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper: Hyper,
-                compute: torch.dtype) -> None:
+                compute: torch.dtype, finite: Tensor | None) -> None:
     """The traced body: (1)…(14) for every tensor at ``compute`` precision,
-    written back in place (Inductor fuses the casts into the one pass)."""
+    written back in place (Inductor fuses the casts into the one pass). With
+    a ``finite`` flag, each write keeps the old value where the flag is False:
+    a select in the same pass, never a host sync."""
+
+    def write(dest: Tensor, new: Tensor, old: Tensor) -> None:
+        dest.copy_(new if finite is None else torch.where(finite, new, old))
+
     for i in range(len(params)):
-        steps[i].add_(1)
-        new = rmsprop_update(
-            params[i].to(compute), grads[i].to(compute), square_avgs[i].to(compute),
-            grad_avgs[i].to(compute) if hyper.centered else None,
-            None if _is_zero(hyper.momentum) else momentum_buffers[i].to(compute),
-            steps[i], hyper,
-        )
-        params[i].copy_(new.param)
-        square_avgs[i].copy_(new.square_avg)
+        p, v = params[i].to(compute), square_avgs[i].to(compute)
+        m = grad_avgs[i].to(compute) if hyper.centered else None
+        b = None if _is_zero(hyper.momentum) else momentum_buffers[i].to(compute)
+        step = steps[i] + 1
+        new = rmsprop_update(p, grads[i].to(compute), v, m, b, step, hyper)
+        write(steps[i], step, steps[i])
+        write(params[i], new.param, p)
+        write(square_avgs[i], new.square_avg, v)
         if new.grad_avg is not None:
-            grad_avgs[i].copy_(new.grad_avg)
+            write(grad_avgs[i], new.grad_avg, m)
         if new.momentum_buffer is not None:
-            momentum_buffers[i].copy_(new.momentum_buffer)
+            write(momentum_buffers[i], new.momentum_buffer, b)
 
 
 # Dynamo's guards already check every input's shape, stride, dtype and device
@@ -158,8 +163,12 @@ def fused_step(
     momentum_buffers: list[Tensor],
     steps: list[Tensor],
     hyper: Hyper,
+    *,
+    finite: Tensor | None = None,
 ) -> None:
-    """Apply one step to all tensors: one compiled call per device and dtype."""
+    """Apply one step to all tensors: one compiled call per device and dtype.
+    Where ``finite`` (a 0-d bool tensor) is False nothing changes, decided
+    inside the compiled pass."""
     if not params:
         return
     centered, use_momentum = hyper.centered, hyper.momentum != 0
@@ -172,16 +181,16 @@ def fused_step(
         run_hyper = _runtime_hyper(hyper, device)
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
-            _step_group(p, g, v, m, b, t, run_hyper, compute)
+            _step_group(p, g, v, m, b, t, run_hyper, compute, finite)
             continue
         key = (
             hyper.centered, hyper.maximize, hyper.eps_in_sqrt, hyper.lr_in_momentum, hyper.nesterov,
             hyper.decoupled_weight_decay, hyper.bias_correction,
-            hyper.weight_decay != 0, use_momentum,
+            hyper.weight_decay != 0, use_momentum, finite is not None,
             str(device), p[0].dtype, t[0].device.type,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )
-        _compiled_for(key)(p, g, v, m, b, t, run_hyper, compute)
+        _compiled_for(key)(p, g, v, m, b, t, run_hyper, compute, finite)
 
 
 def _real(tensors: list[Tensor]) -> list[Tensor]:

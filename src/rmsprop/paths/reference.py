@@ -22,9 +22,14 @@ def reference_step(
     momentum_buffers: list[Tensor],
     steps: list[Tensor],
     hyper: Hyper,
+    *,
+    finite: Tensor | None = None,
 ) -> None:
     """Apply one step to each tensor; ``grad_avgs`` / ``momentum_buffers`` are
-    empty unless the knobs use them (PyTorch's convention)."""
+    empty unless the knobs use them (PyTorch's convention). Nothing happens
+    where ``finite`` is a False tensor (read on the host)."""
+    if finite is not None and not bool(finite):
+        return
     centered, use_momentum = hyper.centered, hyper.momentum != 0
     for i, param in enumerate(params):
         grad, square_avg = grads[i], square_avgs[i]

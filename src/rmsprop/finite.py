@@ -1,0 +1,47 @@
+"""What a step does with NaN or ±Inf gradients: ``RMSprop(..., nonfinite=)``.
+
+- ``"propagate"`` (default): PyTorch's behaviour; the values flow into θ and
+  the state.
+- ``"skip"``: if any gradient of the step holds a NaN or ±Inf, the step changes
+  nothing at all (no parameter, no state, no step count), across the whole
+  optimizer, and ``optimizer.skipped_steps`` counts it.
+- ``"raise"``: ``FloatingPointError`` naming the first offending parameter and
+  the step it was at, raised before anything changes.
+
+The check reads every gradient once more (an infinity norm per tensor, one
+multi-tensor op per device), before any update starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["POLICIES", "finite_flags", "check_policy"]
+
+POLICIES = ("propagate", "skip", "raise")
+
+
+def check_policy(nonfinite: str) -> None:
+    if nonfinite not in POLICIES:
+        raise ValueError(f"Invalid nonfinite value: {nonfinite!r} (one of {', '.join(map(repr, POLICIES))})")
+
+
+def finite_flags(tensors: Sequence[Tensor]) -> Tensor:
+    """One bool per tensor, True where every element is finite, on the first
+    tensor's device (no value is read back to the host)."""
+    if not tensors:
+        return torch.ones(0, dtype=torch.bool)
+    home = tensors[0].device
+    flags = torch.ones(len(tensors), dtype=torch.bool, device=home)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t.numel():  # an empty tensor is finite (and has no infinity norm)
+            by_device.setdefault(t.device, []).append(i)
+    for indices in by_device.values():
+        norms = torch._foreach_norm([tensors[i] for i in indices], float("inf"))
+        finite = torch.stack(norms).isfinite().to(home, non_blocking=True)
+        flags[torch.tensor(indices, device=home)] = finite
+    return flags

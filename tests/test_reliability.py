@@ -1,0 +1,306 @@
+"""Robustness: the non-finite gradient policy, bit-exact resume in a fresh
+process, and load_state_dict's ``knobs=`` modes."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import rmsprop
+from rmsprop.paths import PATHS
+
+from cases import pairwise_combinations
+from helpers import clone_params, grad_stream, make_params
+
+PATH_ARGS = {"reference": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+KNOBS = {"momentum": 0.9, "centered": True, "weight_decay": 0.01}
+
+
+def _feed(params, grads):
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else g.clone()
+
+
+def _snapshot(params, opt):
+    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+
+
+def _assert_same(a, b):
+    (params_a, sd_a), (params_b, sd_b) = a, b
+    for x, y in zip(params_a, params_b):
+        assert torch.equal(x, y)
+    assert sd_a["param_groups"] == sd_b["param_groups"]
+    assert sd_a["state"].keys() == sd_b["state"].keys()
+    for k, state in sd_a["state"].items():
+        assert state.keys() == sd_b["state"][k].keys()
+        for key, value in state.items():
+            assert torch.equal(value, sd_b["state"][k][key]), (k, key)
+
+
+def _poisoned(stream, step, value):
+    """``stream`` with one element of one gradient at ``step`` set to ``value``."""
+    bad = [[None if g is None else g.clone() for g in grads] for grads in stream]
+    bad[step][2].view(-1)[5] = value
+    return bad
+
+
+# ------------------------------------------------------------------ nonfinite policy
+
+
+def test_nonfinite_must_be_a_known_policy():
+    with pytest.raises(ValueError, match="Invalid nonfinite value: 'ignore'"):
+        rmsprop.RMSprop([torch.zeros(1, requires_grad=True)], nonfinite="ignore")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("path", ["reference", "foreach", "fused"])
+def test_skip_changes_nothing_and_the_run_goes_on_as_without_the_batch(path, bad):
+    base = make_params(torch.float32)
+    stream = grad_stream(base, 6)
+    poisoned = _poisoned(stream, 3, bad)
+
+    clean = clone_params(base)
+    ref = rmsprop.RMSprop(clean, **KNOBS, **PATH_ARGS[path])
+    for t, grads in enumerate(stream):
+        if t != 3:  # the run that never saw the bad batch
+            _feed(clean, grads)
+            ref.step()
+
+    params = clone_params(base)
+    opt = rmsprop.RMSprop(params, **KNOBS, **PATH_ARGS[path], nonfinite="skip")
+    for t, grads in enumerate(poisoned):
+        _feed(params, grads)
+        before = _snapshot(params, opt)
+        opt.step()
+        if t == 3:
+            for group in before[1]["param_groups"]:
+                group["skipped_steps"] += 1  # the only change
+            _assert_same(_snapshot(params, opt), before)
+    assert opt.skipped_steps == 1
+    ref_params, ref_sd = _snapshot(clean, ref)
+    for group in ref_sd["param_groups"]:
+        group["skipped_steps"] = 1
+    _assert_same(_snapshot(params, opt), (ref_params, ref_sd))
+
+
+def test_skip_is_all_or_nothing_across_groups_and_counted_in_every_group():
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = rmsprop.RMSprop([{"params": [a]}, {"params": [b], "lr": 0.1}], nonfinite="skip")
+    a.grad, b.grad = torch.ones(3), torch.tensor([1.0, float("nan")])
+    opt.step()
+    assert torch.equal(a, torch.ones(3)) and opt.state[a] == {}  # not even state was created
+    assert [g["skipped_steps"] for g in opt.param_groups] == [1, 1]
+    c = torch.nn.Parameter(torch.ones(1))
+    opt.add_param_group({"params": [c]})
+    assert opt.param_groups[2]["skipped_steps"] == 1 and opt.skipped_steps == 1
+    b.grad = torch.ones(2)
+    opt.step()
+    assert not torch.equal(a, torch.ones(3)) and opt.skipped_steps == 1
+
+
+def test_skipped_steps_survive_state_dict_pickle_and_weights_only_loading():
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = rmsprop.RMSprop([p], nonfinite="skip")
+    for g in ([1.0, float("inf")], [1.0, 1.0], [float("nan"), 0.0]):
+        p.grad = torch.tensor(g)
+        opt.step()
+    assert opt.skipped_steps == 2
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    fresh = rmsprop.RMSprop([p], nonfinite="skip")
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert fresh.skipped_steps == 2
+    clone = pickle.loads(pickle.dumps(opt))
+    assert clone.skipped_steps == 2 and clone.nonfinite == "skip"
+
+
+def test_propagate_is_pytorchs_behaviour():
+    ours, theirs = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    a, b = rmsprop.RMSprop([ours]), torch.optim.RMSprop([theirs])
+    for p, opt in ((ours, a), (theirs, b)):
+        p.grad = torch.tensor([1.0, float("nan")])
+        opt.step()
+    assert torch.equal(ours.isnan(), theirs.isnan()) and ours.isnan().any()
+    assert a.skipped_steps == 0
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_raise_names_the_parameter_and_step_and_changes_nothing(named):
+    w, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.zeros(2))
+    params = [("w", w), ("bias", bias)] if named else [{"params": [w]}, {"params": [bias]}]
+    opt = rmsprop.RMSprop(params, nonfinite="raise")
+    w.grad, bias.grad = torch.ones(2, 2), torch.ones(2)
+    opt.step()
+    opt.step()
+    before = _snapshot([w, bias], opt)
+    bias.grad = torch.tensor([0.0, float("inf")])
+    who = "'bias'" if named else "0 of param group 1"
+    with pytest.raises(FloatingPointError, match=f"parameter {who} at step 3"):
+        opt.step()
+    _assert_same(_snapshot([w, bias], opt), before)
+
+
+@pytest.mark.parametrize("path", ["reference", "foreach", "fused"])
+@torch.no_grad()
+def test_every_path_obeys_a_false_finite_flag(path):
+    """The paths' own contract, used where the decision stays on an accelerator
+    (the fused path decides inside its compiled pass: exercised here on CPU)."""
+    params = make_params(torch.float32)[:3]
+    grads = [torch.randn_like(p) for p in params]
+    state = [(torch.rand_like(p), torch.rand_like(p), torch.rand_like(p), torch.tensor(2.0)) for p in params]
+    v, m, b, t = ([s[i] for s in state] for i in range(4))
+    hyper = rmsprop.engine.Hyper(lr=0.1, alpha=0.9, eps=1e-3, weight_decay=0.1, momentum=0.9, centered=True,
+                                 maximize=False, eps_in_sqrt=False, lr_in_momentum=False, nesterov=False,
+                                 decoupled_weight_decay=False, bias_correction=True)
+    before = [x.clone() for x in (*params, *v, *m, *b, *t)]
+    PATHS[path](params, grads, v, m, b, t, hyper, finite=torch.tensor(False))
+    assert all(torch.equal(x, y) for x, y in zip((*params, *v, *m, *b, *t), before))
+    PATHS[path](params, grads, v, m, b, t, hyper, finite=torch.tensor(True))
+    assert all(float(s) == 3.0 for s in t)
+    assert not torch.equal(params[1], before[1])
+
+
+def test_grad_scaler_skips_before_the_optimizer_sees_the_gradients():
+    """GradScaler never calls step() when it found an Inf, so only the steps
+    that reach us count as skipped."""
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = rmsprop.RMSprop([p], nonfinite="skip")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    for g in ([1.0, float("inf")], [1.0, 1.0]):
+        scaler.scale((p * torch.tensor(g)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    assert opt.skipped_steps == 0
+    assert opt.state[p]["step"] == 1 and scaler.get_scale() == 2.0**3
+
+
+# ---------------------------------------------------------------- resume in a new process
+
+RESUME_CHILD = Path(__file__).with_name("resume_child.py")
+FUSED_RESUME_CASES = ("no-momentum-no-wd-v0=0",)
+
+
+def _resume_cases():
+    combos = dict(pairwise_combinations())
+    combos["no-momentum-no-wd-v0=0"] = {"lr": 0.01, "alpha": 0.9, "eps": 1e-3}
+    cases = [(f"{path}/{name}", path, knobs)
+             for path in ("reference", "foreach") for name, knobs in combos.items()]
+    cases += [(f"fused/{name}", "fused", combos[name]) for name in FUSED_RESUME_CASES]
+    return cases
+
+
+def test_resume_in_a_fresh_process_is_bit_exact(tmp_path):
+    """N steps, torch.save, torch.load(weights_only=True) in another process,
+    M more steps there: the same bits as N + M steps without a break, for every
+    path and a covering set of knob combinations."""
+    n, m = 4, 3
+    jobs, expected = [], {}
+    for name, path, knobs in _resume_cases():
+        base = make_params(torch.float32, complex_too=path != "fused")
+        stream = grad_stream(base, n + m)
+        straight = clone_params(base)
+        opt = rmsprop.RMSprop(straight, **knobs, **PATH_ARGS[path])
+        for grads in stream:
+            _feed(straight, grads)
+            opt.step()
+        expected[name] = _snapshot(straight, opt)
+
+        resumed = clone_params(base)
+        opt = rmsprop.RMSprop(resumed, **knobs, **PATH_ARGS[path])
+        for grads in stream[:n]:
+            _feed(resumed, grads)
+            opt.step()
+        jobs.append({"name": name, "path_args": PATH_ARGS[path], "params": [p.detach() for p in resumed],
+                     "requires_grad": [p.requires_grad for p in resumed],
+                     "optimizer": opt.state_dict(), "stream": stream[n:]})
+    torch.save(jobs, tmp_path / "jobs.pt")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, str(RESUME_CHILD), str(tmp_path / "jobs.pt"), str(tmp_path / "out.pt")],
+                   check=True, env=env, timeout=600)
+    results = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert sorted(results) == sorted(expected)
+    for name, (params, sd) in results.items():
+        _assert_same((params, sd), expected[name])
+
+
+def test_loading_onto_float32_params_casts_the_state_as_pytorch_does():
+    wide = make_params(torch.float64)
+    stream = grad_stream(wide, 3)
+    saved = {}
+    for cls in (rmsprop.RMSprop, torch.optim.RMSprop):
+        params = clone_params(wide)
+        opt = cls(params, momentum=0.9)
+        for grads in stream:
+            _feed(params, grads)
+            opt.step()
+        narrow = [torch.nn.Parameter(p.detach().float(), requires_grad=p.requires_grad) for p in params]
+        fresh = cls(narrow, momentum=0.9)
+        fresh.load_state_dict(opt.state_dict())
+        saved[cls] = fresh.state_dict()["state"]
+    ours, theirs = saved[rmsprop.RMSprop], saved[torch.optim.RMSprop]
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        for key in ours[k]:
+            assert ours[k][key].dtype == theirs[k][key].dtype, (k, key)
+            assert torch.equal(ours[k][key], theirs[k][key])
+        assert ours[k]["square_avg"].dtype == torch.float32 and ours[k]["step"].dtype == torch.float32
+
+
+# ------------------------------------------------------------------- knobs= on loading
+
+
+def _saved_torch_state():
+    params = make_params(torch.float64)
+    theirs = torch.optim.RMSprop(params, lr=0.05, momentum=0.9)
+    stream = grad_stream(params, 3)
+    for grads in stream:
+        _feed(params, grads)
+        theirs.step()
+    return params, theirs.state_dict()
+
+
+def test_knobs_saved_takes_the_files_values():
+    params, sd = _saved_torch_state()
+    opt = rmsprop.RMSprop(params, lr=0.1, preset="tf1", momentum=0.5)
+    opt.load_state_dict(sd)  # the default is "saved"
+    group = opt.param_groups[0]
+    got = (group["preset"], group["lr"], group["momentum"], group["eps_in_sqrt"])
+    assert got == ("torch", 0.05, 0.9, False)
+
+
+def test_knobs_current_keeps_ours_and_takes_only_the_state():
+    params, sd = _saved_torch_state()
+    opt = rmsprop.RMSprop(params, lr=0.1, preset="tf1", momentum=0.5)
+    before = dict(opt.param_groups[0])
+    opt.load_state_dict(sd, knobs="current")
+    assert opt.param_groups[0] == before
+    assert torch.equal(opt.state[params[0]]["square_avg"], sd["state"][0]["square_avg"])
+
+
+def test_knobs_strict_names_every_difference_and_changes_nothing():
+    params, sd = _saved_torch_state()
+    opt = rmsprop.RMSprop(params, lr=0.1, preset="tf1", momentum=0.5)
+    before = copy.deepcopy(opt.state_dict())
+    differences = r"group 0 alpha: saved 0.99, current 0.9.*group 0 momentum: saved 0.9"
+    with pytest.raises(ValueError, match=differences):
+        opt.load_state_dict(sd, knobs="strict")
+    assert opt.state_dict() == before
+    same = rmsprop.RMSprop(params, lr=0.1, momentum=0.9)  # lr may differ: schedules change it
+    same.load_state_dict(sd, knobs="strict")
+    assert same.param_groups[0]["lr"] == 0.05
+
+
+def test_knobs_must_be_a_known_mode():
+    params, sd = _saved_torch_state()
+    with pytest.raises(ValueError, match="Invalid knobs value: 'mine'"):
+        rmsprop.RMSprop(params).load_state_dict(sd, knobs="mine")
