@@ -151,6 +151,16 @@ def test_goal_lines_are_computed_from_the_numbers():
     assert "fused = 2.00× roofline time, 4.00× faster" in lines["32M-16"]["text"]
     assert lines["rl"]["value"] == pytest.approx(0.5) and lines["rl"]["met"] is True
     assert "not measured" in lines["models"]["text"]
+    assert "nonfinite" not in lines  # no +skip path was timed
+    guarded = {g["goal"]: g for g in goals([_fake(rl, {"foreach": 0.5, "foreach+skip": 0.6})], roofline)}
+    assert "RL MLP plain foreach +20%" in guarded["nonfinite"]["text"]
+
+
+def test_skip_paths_time_the_nonfinite_check(capsys):
+    assert main(["bench", "--suite", "quick", "--paths", "foreach,foreach+skip", "--json", "-"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in data["cases"][0]["results"]] == ["foreach", "foreach+skip"]
+    assert "nonfinite='skip' costs" in {g["goal"]: g for g in data["goals"]}["nonfinite"]["text"]
 
 
 def test_plot_writes_a_png(tmp_path):

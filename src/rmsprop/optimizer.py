@@ -144,14 +144,20 @@ class RMSprop(Optimizer):
         nesterov: Nesterov momentum, (12') / (14') (default: the preset's; False).
         decoupled_weight_decay: (2) instead of (3) (default: the preset's; False).
         bias_correction: (6), as optax's option (default: the preset's; False).
+        nonfinite: what a step does when a gradient holds NaN or ±Inf:
+            "propagate" (PyTorch's behaviour), "skip" (change nothing, count
+            it in ``skipped_steps``) or "raise" (``FloatingPointError``
+            before anything changes); optimizer-wide (default: "propagate").
+            See :mod:`rmsprop.finite`.
 
     State dicts have PyTorch's layout and cross-load with
     ``torch.optim.RMSprop`` both ways; a group saved by PyTorch reads as the
     "torch" preset, one saved by timm's ``RMSpropTF`` as the "timm" preset,
-    and the saved groups' knobs replace the current ones, as in PyTorch.
-    ``load_state_dict`` checks everything (group and parameter counts, buffer
-    shapes, layout version, knob values) after its pre-hooks and before it
-    changes anything; a mismatch raises ValueError.
+    and by default the saved groups' knobs replace the current ones, as in
+    PyTorch (``load_state_dict(sd, knobs="current" | "strict")`` otherwise).
+    ``load_state_dict`` checks everything (group and parameter counts, state
+    keys, buffer shapes and dtypes, steps, layout version, knob values) after
+    its pre-hooks and before it changes anything; a mismatch raises ValueError.
 
     Argument validation is PyTorch's, tightened in one place: ``alpha`` must
     lie in [0, 1] (PyTorch accepts any α ≥ 0).

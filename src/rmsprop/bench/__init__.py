@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from .measure import COMPILED_PATHS, PATHS, CaseResult, run_case
+from .measure import COMPILED_PATHS, GUARDED_PATHS, PATHS, CaseResult, run_case
 from .report import (
     LEGEND,
     Progress,
@@ -131,7 +131,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="plain (20 B/param) or centered-momentum (centered, momentum 0.9: 36 B/param); "
                              "repeat or comma-separate (default: plain)")
     parser.add_argument("--paths", type=_choices(PATHS), default=None, metavar="LIST",
-                        help=f"comma list of {', '.join(PATHS)} (default: all; quick: no compiled path)")
+                        help=f"comma list of {', '.join(PATHS)} (default: all but the +skip ones, "
+                             "which time nonfinite='skip'; quick: no compiled path)")
     parser.add_argument("--compile-max-tensors", type=_positive_int, default=200, metavar="N",
                         help="skip the compiled paths (fused, torch-compile) for cases with more tensors "
                              "than this: compiling takes minutes there (default: %(default)s)")
@@ -209,7 +210,7 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
     if args.paths is not None:
         paths = list(dict.fromkeys(args.paths))
     else:
-        paths = [p for p in PATHS if not (quick_only and p in COMPILED_PATHS)]
+        paths = [p for p in PATHS if p not in GUARDED_PATHS and not (quick_only and p in COMPILED_PATHS)]
     cases = build_cases(suites, configs, args.max_size)
     target_round_s = 0.01 if quick_only else 0.2
 

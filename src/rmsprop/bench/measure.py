@@ -20,16 +20,18 @@ from rmsprop.paths.fused import compiled_structures
 from .workloads import CONFIGS, Case
 
 __all__ = [
-    "PATHS", "TORCH_PATHS", "OUR_PATHS", "COMPILED_PATHS", "LR", "SCHEDULE_GAMMA",
+    "PATHS", "TORCH_PATHS", "OUR_PATHS", "GUARDED_PATHS", "COMPILED_PATHS", "LR", "SCHEDULE_GAMMA",
     "SCHEDULE_STEPS_PER_ROUND", "MEMORY_METHOD", "PathResult", "CaseResult", "run_case",
     "torch_default_path", "our_default_path", "peak_extra_bytes",
 ]
 
 TORCH_PATHS = ("torch-forloop", "torch-foreach", "torch-compile")
-OUR_PATHS = ("reference", "foreach", "fused")
+#: Ours with nonfinite="skip": the cost of the gradient check (only when named in --paths).
+GUARDED_PATHS = ("foreach+skip", "fused+skip")
+OUR_PATHS = ("reference", "foreach", "fused", *GUARDED_PATHS)
 PATHS = TORCH_PATHS + OUR_PATHS
 #: Paths whose first step compiles.
-COMPILED_PATHS = ("torch-compile", "fused")
+COMPILED_PATHS = ("torch-compile", "fused", "fused+skip")
 
 LR = 1e-3
 SCHEDULE_GAMMA = 0.99
@@ -91,9 +93,10 @@ def _make_optimizer(path: str, params: list[torch.nn.Parameter], config: str) ->
     if path in TORCH_PATHS:
         foreach = {"torch-forloop": False, "torch-foreach": True, "torch-compile": None}[path]
         return torch.optim.RMSprop(params, lr=LR, foreach=foreach, **knobs)
+    base, _, policy = path.partition("+")
     choice = {"reference": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
-              "fused": dict(foreach=False, fused=True)}[path]
-    return rmsprop.RMSprop(params, lr=LR, **choice, **knobs)
+              "fused": dict(foreach=False, fused=True)}[base]
+    return rmsprop.RMSprop(params, lr=LR, **choice, **knobs, nonfinite=policy or "propagate")
 
 
 def _step_function(path: str, opt: torch.optim.Optimizer) -> Step:
