@@ -190,22 +190,32 @@ RESUME_CHILD = Path(__file__).with_name("resume_child.py")
 FUSED_RESUME_CASES = ("no-momentum-no-wd-v0=0",)
 
 
-def _resume_cases():
+def _resume_cases(paths, fused_names=FUSED_RESUME_CASES):
     combos = dict(pairwise_combinations())
     combos["no-momentum-no-wd-v0=0"] = {"lr": 0.01, "alpha": 0.9, "eps": 1e-3}
-    cases = [(f"{path}/{name}", path, knobs)
-             for path in ("reference", "foreach") for name, knobs in combos.items()]
-    cases += [(f"fused/{name}", "fused", combos[name]) for name in FUSED_RESUME_CASES]
-    return cases
+    names = {path: list(combos) for path in paths}
+    if "fused" in names and fused_names is not None:
+        names["fused"] = list(fused_names)
+    return [(f"{path}/{name}", path, combos[name]) for path in paths for name in names[path]]
 
 
 def test_resume_in_a_fresh_process_is_bit_exact(tmp_path):
     """N steps, torch.save, torch.load(weights_only=True) in another process,
     M more steps there: the same bits as N + M steps without a break, for every
-    path and a covering set of knob combinations."""
+    path and a covering set of knob combinations (the fused path: one here,
+    every one in the slow test below, since each compiles)."""
+    _check_resume(tmp_path, _resume_cases(("reference", "foreach", "fused")))
+
+
+@pytest.mark.slow
+def test_resume_in_a_fresh_process_is_bit_exact_fused_every_pair(tmp_path):
+    _check_resume(tmp_path, _resume_cases(("fused",), fused_names=None))
+
+
+def _check_resume(tmp_path, cases):
     n, m = 4, 3
     jobs, expected = [], {}
-    for name, path, knobs in _resume_cases():
+    for name, path, knobs in cases:
         base = make_params(torch.float32, complex_too=path != "fused")
         stream = grad_stream(base, n + m)
         straight = clone_params(base)

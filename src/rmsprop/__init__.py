@@ -4,11 +4,14 @@
   framework's semantics by name (``preset=``) or knob.
 - :class:`RMSPropOptimizer`: the seed tutorial's class.
 - :data:`PRESETS`: the frameworks' variants, as data.
+- :func:`step_in_backward`: update each parameter inside backward, freeing
+  its gradient at once.
 - :mod:`rmsprop.functional`: the functional form.
 - :func:`rmsprop.engine.rmsprop_update`: the one definition of the update.
 """
 
 from . import functional
+from .backward import step_in_backward
 from .engine import rmsprop_update
 from .optimizer import LAYOUT_VERSION, RMSprop
 from .presets import PRESETS, Preset, translate
@@ -22,6 +25,7 @@ __all__ = [
     "RMSprop",
     "functional",
     "rmsprop_update",
+    "step_in_backward",
     "translate",
 ]
 __version__ = "0.1.0"

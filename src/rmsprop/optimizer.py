@@ -202,6 +202,7 @@ class RMSprop(Optimizer):
         check_policy(nonfinite)
         self.nonfinite = nonfinite
         self._pending_skips: Tensor | None = None
+        self._backward_handle: Any = None  # set by rmsprop.step_in_backward
         base = get_preset("torch" if preset is None else preset)
         given = dict(
             lr=lr,
@@ -248,6 +249,13 @@ class RMSprop(Optimizer):
             if self.param_groups:  # the count is optimizer-wide: every group holds it
                 param_group["skipped_steps"] = self.skipped_steps
         super().add_param_group(param_group)
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        # GradScaler.step hands the whole step to an optimizer that says this,
+        # so with step_in_backward attached it meets step()'s clear error
+        # instead of failing on the gradients backward already freed.
+        return self._backward_handle is not None
 
     @property
     def skipped_steps(self) -> int:
@@ -322,6 +330,8 @@ class RMSprop(Optimizer):
             self._explicit = {}
             self.nonfinite = "propagate"
             self._pending_skips = None
+        if not hasattr(self, "_backward_handle"):  # unpickled: the hooks stay with the original
+            self._backward_handle = None
         super().__setstate__(state)
         for group in self.param_groups:
             for p in group["params"]:
@@ -439,6 +449,11 @@ class RMSprop(Optimizer):
             closure: a callable that re-evaluates the model and returns the
                 loss (default: None).
         """
+        if self._backward_handle is not None:
+            raise RuntimeError(
+                "step() while step_in_backward is attached: backward already stepped every parameter "
+                "(this includes GradScaler.step and closures); call handle.remove() to step here again"
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():

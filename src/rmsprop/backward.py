@@ -1,0 +1,107 @@
+"""The step inside backward: each parameter is updated the moment its gradient
+is complete, and that gradient is freed at once.
+
+    handle = rmsprop.step_in_backward(optimizer)
+    for x, y in data:
+        loss_fn(model(x), y).backward()   # steps every parameter; no optimizer.step()
+    handle.remove()                       # back to the usual loop
+
+A gradient then lives only from the moment autograd finishes it until its
+parameter's update, so a training step never holds all the gradients at once
+(PyTorch's "optimizer in backward" idea, built on
+``Tensor.register_post_accumulate_grad_hook``).
+
+What it cannot honour, and how each is refused:
+
+- ``optimizer.step()`` (with or without a closure), and so ``GradScaler.step``:
+  RuntimeError while attached (the parameters were already stepped).
+- ``nonfinite="skip"`` or ``"raise"``: refused when attaching (deciding on all
+  gradients together needs them all at once).
+- Gradient accumulation over several backward calls, and global-norm
+  clipping: every backward call is one step, and after it no gradient is
+  left to clip or to add to. Nothing can detect these from inside the
+  optimizer; do not combine them with this mode.
+
+LR schedulers and ``state_dict`` / ``load_state_dict`` work as usual; the
+optimizer's step hooks do not run (there is no ``step()`` call).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import functional
+from .optimizer import _HYPER_KNOBS, RMSprop
+
+__all__ = ["step_in_backward", "BackwardStepHandle"]
+
+
+class BackwardStepHandle:
+    """Returned by :func:`step_in_backward`; ``remove()`` detaches the hooks."""
+
+    def __init__(self, optimizer: RMSprop) -> None:
+        self.optimizer = optimizer
+        self._hooks = []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    self._hooks.append(p.register_post_accumulate_grad_hook(self._step_one))
+        self._group_of = {p: group for group in optimizer.param_groups for p in group["params"]}
+
+    @torch.no_grad()
+    def _step_one(self, p: Tensor) -> None:
+        opt = self.optimizer
+        group = self._group_of.get(p)
+        if group is None or group not in opt.param_groups:  # regrouped since attaching
+            group = next(g for g in opt.param_groups if any(q is p for q in g["params"]))
+            self._group_of[p] = group
+        params, grads, square_avgs, grad_avgs, momentum_buffers, steps = opt._gather_group(
+            {**group, "params": [p]}
+        )
+        hyper = functional.make_hyper(
+            group["lr"], group["capturable"], maximize=group["maximize"],
+            **{k: group[k] for k in _HYPER_KNOBS},
+        )
+        functional.apply(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper,
+                         foreach=group["foreach"], differentiable=False, fused=group["fused"])
+        p.grad = None
+        # LR schedulers warn when they step before the optimizer ever has;
+        # here the optimizer steps without step(), so say that it did.
+        opt._opt_called = True  # type: ignore[attr-defined]
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self.optimizer._backward_handle is self:
+            self.optimizer._backward_handle = None
+
+    def __enter__(self) -> BackwardStepHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def step_in_backward(optimizer: RMSprop) -> BackwardStepHandle:
+    """Step each parameter of ``optimizer`` inside backward, as soon as its
+    gradient is complete, and free that gradient. Returns a handle whose
+    ``remove()`` (or ``with`` block) restores the usual ``optimizer.step()``."""
+    if not isinstance(optimizer, RMSprop):
+        raise TypeError(f"step_in_backward needs an rmsprop.RMSprop, not {type(optimizer).__name__}")
+    if optimizer._backward_handle is not None:
+        raise RuntimeError("step_in_backward is already attached to this optimizer")
+    if optimizer.nonfinite != "propagate":
+        raise ValueError(
+            f"step_in_backward cannot honour nonfinite={optimizer.nonfinite!r}: it updates each parameter "
+            "as its gradient completes, so no decision can wait for all the gradients"
+        )
+    if any(group["differentiable"] for group in optimizer.param_groups):
+        raise ValueError("step_in_backward cannot run differentiable=True groups "
+                         "(the step runs inside backward)")
+    handle = BackwardStepHandle(optimizer)
+    optimizer._backward_handle = handle
+    return handle
