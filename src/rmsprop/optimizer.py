@@ -19,6 +19,7 @@ from torch.optim.optimizer import (
 
 from . import functional
 from .finite import check_policy, finite_flags
+from .precision import state_dtype
 from .presets import KNOBS, PRESETS, get_preset
 from .validation import check_group, check_loaded
 
@@ -39,6 +40,7 @@ _TORCH_GROUP_DEFAULTS: dict[str, Any] = {
     "differentiable": False,
     "fused": None,
     "skipped_steps": 0,
+    "state_precision": "param",
 }
 
 # The group keys that reach the engine as they are (lr needs a look first).
@@ -149,6 +151,11 @@ class RMSprop(Optimizer):
             it in ``skipped_steps``) or "raise" (``FloatingPointError``
             before anything changes); optimizer-wide (default: "propagate").
             See :mod:`rmsprop.finite`.
+        state_precision: how a group's buffers are stored: "param" (the
+            parameter's dtype, PyTorch's maths), "fp32" (float32 state and
+            maths, for bf16/fp16 parameters) or "bf16" (bfloat16 state,
+            float32 maths); per group (default: "param"). See
+            :mod:`rmsprop.precision`.
 
     State dicts have PyTorch's layout and cross-load with
     ``torch.optim.RMSprop`` both ways; a group saved by PyTorch reads as the
@@ -198,6 +205,7 @@ class RMSprop(Optimizer):
         decoupled_weight_decay: bool | None = None,
         bias_correction: bool | None = None,
         nonfinite: str = "propagate",
+        state_precision: str = "param",
     ) -> None:
         check_policy(nonfinite)
         self.nonfinite = nonfinite
@@ -231,6 +239,7 @@ class RMSprop(Optimizer):
             "fused": fused,
             "layout_version": LAYOUT_VERSION,
             "skipped_steps": 0,
+            "state_precision": state_precision,
         }
         check_group(defaults, lr_required=False)
         super().__init__(params, defaults)
@@ -299,6 +308,7 @@ class RMSprop(Optimizer):
         finally:
             handle.remove()
             del self._loading_knobs
+            self.__dict__.pop("_loading_raw", None)
 
     def __getstate__(self) -> dict[str, Any]:
         self._settle_skips()
@@ -322,6 +332,18 @@ class RMSprop(Optimizer):
         elif knobs == "current":
             for loaded, current in zip(groups, self.param_groups):
                 loaded.update({k: v for k, v in current.items() if k not in ("params", "skipped_steps")})
+        # PyTorch's loader casts every buffer to its parameter's dtype; state
+        # kept at another precision is taken from the file again instead.
+        raw = getattr(self, "_loading_raw", {})
+        for group in groups:
+            if group["state_precision"] == "param":
+                continue
+            for p in group["params"]:
+                for key in _BUFFERS:
+                    if key in raw.get(p, {}) and key in state["state"].get(p, {}):
+                        state["state"][p][key] = raw[p][key].to(
+                            device=p.device, dtype=state_dtype(p, group["state_precision"]), copy=True
+                        )
         if "_explicit" in state:  # pickled optimizer; load_state_dict passes none
             self._explicit = state.pop("_explicit")
             self.nonfinite = state.pop("nonfinite", "propagate")
@@ -355,9 +377,9 @@ class RMSprop(Optimizer):
             # Buffers are created when the knobs first need them, so a group
             # whose momentum or centering is switched on later keeps working.
             if group["momentum"] != 0 and "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["momentum_buffer"] = _buffer(p, group)
             if group["centered"] and "grad_avg" not in state:
-                state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["grad_avg"] = _buffer(p, group)
 
             params.append(p)
             grads.append(p.grad)
@@ -398,15 +420,15 @@ class RMSprop(Optimizer):
         """Fresh state for ``p``: PyTorch's keys, the buffers the knobs use."""
         step_device = p.device if group["capturable"] else None
         state = {"step": torch.zeros((), dtype=_get_scalar_dtype(), device=step_device)}
-        square_avg = torch.zeros_like(p, memory_format=torch.preserve_format)
+        square_avg = _buffer(p, group)
         if group["initial_square_avg"] != 0:
-            real = torch.view_as_real(square_avg) if p.is_complex() else square_avg
+            real = torch.view_as_real(square_avg) if square_avg.is_complex() else square_avg
             real.fill_(group["initial_square_avg"])
         state["square_avg"] = square_avg
         if group["momentum"] != 0:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = _buffer(p, group)
         if group["centered"]:
-            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["grad_avg"] = _buffer(p, group)
         return state
 
     @staticmethod
@@ -523,6 +545,15 @@ class RMSprop(Optimizer):
         return "\n".join(out)
 
 
+_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
+
+
+def _buffer(p: Tensor, group: dict[str, Any]) -> Tensor:
+    """A zero state buffer for ``p``, stored as the group's state_precision says."""
+    return torch.zeros_like(p, dtype=state_dtype(p, group["state_precision"]),
+                            memory_format=torch.preserve_format)
+
+
 _KNOB_MODES = ("saved", "current", "strict")
 
 # The knobs that define the update (lr and the path choices are not among them).
@@ -548,12 +579,11 @@ def _check_layout(opt: Optimizer, state_dict: Any) -> None:
     # The per-parameter checks, here too: PyTorch's loader casts every buffer
     # to its parameter's dtype next, which would hide a complex or integer one.
     state = state_dict["state"]
-    check_loaded(
-        [{**theirs, "params": ours["params"]} for ours, theirs in zip(opt.param_groups, saved)],
-        {p: state[i] for ours, theirs in zip(opt.param_groups, saved)
-         for i, p in zip(theirs["params"], ours["params"]) if i in state},
-        LAYOUT_VERSION,
-    )
+    raw = {p: state[i] for ours, theirs in zip(opt.param_groups, saved)
+           for i, p in zip(theirs["params"], ours["params"]) if i in state}
+    check_loaded([{**theirs, "params": ours["params"]} for ours, theirs in zip(opt.param_groups, saved)],
+                 raw, LAYOUT_VERSION)
+    opt._loading_raw = raw  # type: ignore[attr-defined]  # the buffers before PyTorch casts them
 
 
 def _check_same_knobs(loaded: list[dict[str, Any]], current: list[dict[str, Any]]) -> None:

@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
+from .precision import check_precision
+
 __all__ = ["check_group", "check_loaded"]
 
 _BOOL_KNOBS = (
@@ -52,6 +54,7 @@ def check_group(group: dict[str, Any], *, lr_required: bool) -> None:
         value = group[name]
         if not isinstance(value, (bool, int)) or value not in (0, 1):
             raise ValueError(f"Invalid {name} value: {value!r} (must be True or False)")
+    check_precision(group["state_precision"])
     if group["nesterov"] and group["momentum"] == 0:
         raise ValueError("Invalid nesterov value: True requires momentum > 0")
     if group["bias_correction"] and group["alpha"] == 1:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, bias_correction_factor
+from ..precision import working_dtype
 from .grouping import by_device_and_dtype
 
 __all__ = ["foreach_step"]
@@ -38,14 +39,18 @@ def foreach_step(
         if dtype.is_complex:
             p, g, v = _real(p), _real(g), _real(v)
             m, b = _real(m) if centered else m, _real(b) if use_momentum else b
+        work = working_dtype(p[0].dtype, v[0].dtype)  # the state's storage (rmsprop.precision)
         for chunk in _chunks(p):
-            _step_group(
-                p[chunk], g[chunk], v[chunk],
-                m[chunk] if centered else None,
-                b[chunk] if use_momentum else None,
-                t[chunk],
-                hyper,
-            )
+            lists = (p[chunk], g[chunk], v[chunk], m[chunk] if centered else None,
+                     b[chunk] if use_momentum else None)
+            if work == p[0].dtype and work == v[0].dtype:
+                _step_group(*lists, t[chunk], hyper)
+            else:  # widen a cache-sized chunk, step it, round each result once into its storage
+                wide = [None if xs is None else [x.to(work) for x in xs] for xs in lists]
+                _step_group(*wide, t[chunk], hyper)
+                for i in (0, 2, 3, 4):  # θ, v, ḡ, b: not g
+                    if lists[i] is not None:
+                        torch._foreach_copy_(lists[i], wide[i])
 
 
 # On CPU a foreach op is a loop over its tensors: each op streams every tensor

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, _is_zero, rmsprop_update
+from ..precision import working_dtype
 from .grouping import by_device_and_dtype
 
 __all__ = ["fused_step", "fused_unavailable_reason", "compiled_structures", "DISABLE_ENV"]
@@ -177,7 +178,7 @@ def fused_step(
         p, g, v = _real(p), _real(g), _real(v)
         m = _real(m) if centered else []
         b = _real(b) if use_momentum else []
-        compute = _compute_dtype(dtype)
+        compute = working_dtype(_compute_dtype(dtype), v[0].dtype)  # state stored narrower: rmsprop.precision
         run_hyper = _runtime_hyper(hyper, device)
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
@@ -187,7 +188,7 @@ def fused_step(
             hyper.centered, hyper.maximize, hyper.eps_in_sqrt, hyper.lr_in_momentum, hyper.nesterov,
             hyper.decoupled_weight_decay, hyper.bias_correction,
             hyper.weight_decay != 0, use_momentum, finite is not None,
-            str(device), p[0].dtype, t[0].device.type,
+            str(device), p[0].dtype, v[0].dtype, t[0].device.type,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )
         _compiled_for(key)(p, g, v, m, b, t, run_hyper, compute, finite)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..engine import Hyper, rmsprop_update
+from ..precision import working_dtype
 
 __all__ = ["reference_step"]
 
@@ -36,7 +37,12 @@ def reference_step(
         grad_avg = grad_avgs[i] if centered else None
         buf = momentum_buffers[i] if use_momentum else None
         steps[i] += 1
-        new = rmsprop_update(param, grad, square_avg, grad_avg, buf, steps[i], hyper)
+        work = working_dtype(param.dtype, square_avg.dtype)  # the state's storage (rmsprop.precision)
+        new = rmsprop_update(
+            param.to(work), grad.to(work), square_avg.to(work),
+            None if grad_avg is None else grad_avg.to(work), None if buf is None else buf.to(work),
+            steps[i], hyper,
+        )
 
         param.copy_(new.param)
         square_avg.copy_(new.square_avg)

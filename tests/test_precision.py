@@ -1,0 +1,130 @@
+"""state_precision: how the state is stored, and that the update does not care."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import rmsprop
+
+from helpers import clone_params, grad_stream, make_params
+
+PATHS = {"reference": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+KNOBS = {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, "momentum": 0.9, "centered": True, "weight_decay": 0.01}
+
+
+def _train(params, stream, **kwargs):
+    opt = rmsprop.RMSprop(params, **kwargs)
+    for grads in stream:
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.to(p.dtype)
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("param_dtype,precision,expected", [
+    (torch.float32, "param", torch.float32), (torch.float32, "fp32", torch.float32),
+    (torch.float32, "bf16", torch.bfloat16), (torch.bfloat16, "param", torch.bfloat16),
+    (torch.bfloat16, "fp32", torch.float32), (torch.float64, "bf16", torch.bfloat16),
+])
+def test_buffers_are_stored_as_asked(param_dtype, precision, expected):
+    params = make_params(param_dtype)
+    opt = _train(params, grad_stream(params, 2), state_precision=precision, **KNOBS)
+    for p in params:
+        for key, value in opt.state[p].items():
+            if key != "step":
+                assert value.dtype == expected, (key, value.dtype)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fp32_state_for_bf16_params_is_the_fp32_update_rounded_once(path):
+    """Each step widens θ to float32, updates with float32 state, and rounds θ
+    once: exactly a float32 optimizer whose parameter is rounded to bfloat16
+    after every step (the same path in float32 is bit-equal to the reference)."""
+    base = make_params(torch.float32)[:3]
+    stream = grad_stream(base, 6)
+    narrow = [torch.nn.Parameter(p.detach().bfloat16()) for p in base]
+    opt = rmsprop.RMSprop(narrow, state_precision="fp32", **KNOBS, **PATHS[path])
+    shadow = [torch.nn.Parameter(p.detach().float()) for p in narrow]
+    ref = rmsprop.RMSprop(shadow, **KNOBS, foreach=False)
+    for grads in stream:
+        for p, s, g in zip(narrow, shadow, grads):
+            p.grad = None if g is None else g.bfloat16()
+            s.grad = None if g is None else p.grad.float()
+        opt.step()
+        ref.step()
+        with torch.no_grad():
+            for s in shadow:
+                s.copy_(s.bfloat16().float())  # the one rounding of θ
+    exact = path != "fused"  # the fused path rounds differently in float32: held to 1e-6-ish
+    for p, s in zip(narrow, shadow):
+        torch.testing.assert_close(p.float(), s.detach(),
+                                   rtol=0 if exact else 1e-2, atol=0 if exact else 1e-6)
+        torch.testing.assert_close(opt.state[p]["square_avg"], ref.state[s]["square_avg"],
+                                   rtol=0 if exact else 2e-5, atol=0)
+
+
+@pytest.mark.parametrize("path", ["foreach", "fused"])
+def test_bf16_state_agrees_across_paths(path):
+    base = make_params(torch.float32)
+    stream = grad_stream(base, 6)
+    ref, other = clone_params(base), clone_params(base)
+    opt_ref = _train(ref, stream, state_precision="bf16", **KNOBS, foreach=False)
+    opt = _train(other, stream, state_precision="bf16", **KNOBS, **PATHS[path])
+    for a, b in zip(ref, other):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for key, value in opt_ref.state[a].items():
+            # one bf16 ulp where the float32 results straddle a rounding boundary
+            torch.testing.assert_close(opt.state[b][key].float(), value.float(), rtol=2**-7, atol=0)
+
+
+def test_bf16_state_trains_like_fp32_state():
+    torch.manual_seed(0)
+    x = torch.randn(256, 16)
+    y = x @ torch.randn(16, 1) + 0.1 * torch.randn(256, 1)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(16, 1)
+        opt = rmsprop.RMSprop(model.parameters(), lr=1e-2, state_precision=precision)
+        for _ in range(200):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[precision] = loss.item()
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_state_dict_keeps_the_stored_precision_and_resumes_exactly(precision):
+    dtype = torch.float32 if precision == "bf16" else torch.bfloat16
+    base = [torch.nn.Parameter(p.detach().to(dtype)) for p in make_params(torch.float32)[:3]]
+    stream = grad_stream(base, 6)
+    straight = clone_params(base)
+    _train(straight, stream, state_precision=precision, **KNOBS)
+    resumed = clone_params(base)
+    opt = _train(resumed, stream[:3], state_precision=precision, **KNOBS)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    fresh = rmsprop.RMSprop(resumed, state_precision=precision, lr=1.0)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert fresh.state[resumed[1]]["square_avg"].dtype == opt.state[resumed[1]]["square_avg"].dtype
+    for grads in stream[3:]:
+        for p, g in zip(resumed, grads):
+            p.grad = None if g is None else g.to(dtype)
+        fresh.step()
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(ValueError, match="Invalid state_precision value: 'int4'"):
+        rmsprop.RMSprop([torch.zeros(1, requires_grad=True)], state_precision="int4")
+    p = torch.zeros(2, dtype=torch.complex64, requires_grad=True)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="needs real parameters"):
+        rmsprop.RMSprop([p], state_precision="bf16").step()
