@@ -128,3 +128,64 @@ def test_bad_precision_is_refused():
     p.grad = torch.ones_like(p)
     with pytest.raises(ValueError, match="needs real parameters"):
         rmsprop.RMSprop([p], state_precision="bf16").step()
+
+
+# ------------------------------------------------------------ stochastic rounding
+
+
+def _stalled_run(path, stochastic, steps=400, seed=0):
+    """bf16 parameters at 1.0 and a constant gradient: RMSProp moves each by
+    about lr = 1e-4 a step, far below half a bf16 ulp at 1.0 (2**-9), so
+    rounding to nearest never moves them."""
+    p = torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16))
+    opt = rmsprop.RMSprop([p], lr=1e-4, state_precision="fp32", stochastic_rounding=stochastic,
+                          rounding_seed=seed, **PATHS[path])
+    for _ in range(steps):
+        p.grad = torch.ones_like(p)
+        opt.step()
+    return p.detach().float(), opt
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_stochastic_rounding_keeps_learning_where_round_to_nearest_stalls(path):
+    nearest, _ = _stalled_run(path, stochastic=False)
+    assert torch.equal(nearest, torch.ones(4096))  # stalled: not one parameter moved
+    rounded, opt = _stalled_run(path, stochastic=True)
+    exact = 1.0 - (1e-4 / (1e-8 + (1 - 0.99) ** 0.5)) * sum(  # the float32 trajectory of one element
+        (1 - 0.99 ** (t + 1)) ** -0.5 * (0.01 ** 0.5) for t in range(400))
+    # unbiased: the mean lands on the exact trajectory (std of the mean ≈ 4e-5 here)
+    assert rounded.mean().item() == pytest.approx(exact, abs=5e-4)
+    assert rounded.std().item() > 0  # each element took its own random path
+
+
+def test_stochastic_rounding_is_deterministic_given_the_seed_and_paths_agree():
+    a, _ = _stalled_run("reference", True, steps=30, seed=7)
+    b, _ = _stalled_run("foreach", True, steps=30, seed=7)
+    c, _ = _stalled_run("reference", True, steps=30, seed=8)
+    assert torch.equal(a, b)  # the same bits from the same (seed, step, position, index)
+    assert not torch.equal(a, c)
+
+
+def test_stochastic_rounding_resumes_bit_exactly():
+    straight, _ = _stalled_run("foreach", True, steps=20, seed=3)
+    p = torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16))
+    opt = rmsprop.RMSprop([p], lr=1e-4, state_precision="fp32", stochastic_rounding=True, rounding_seed=3)
+    for t in range(20):
+        if t == 10:
+            buf = io.BytesIO()
+            torch.save(opt.state_dict(), buf)
+            buf.seek(0)
+            opt = rmsprop.RMSprop([p], lr=1.0, state_precision="fp32")
+            opt.load_state_dict(torch.load(buf, weights_only=True))  # seed and switch come from the file
+        p.grad = torch.ones_like(p)
+        opt.step()
+    assert torch.equal(p.detach().float(), straight)
+
+
+def test_stochastic_rounding_needs_a_wider_update_and_bf16_params():
+    with pytest.raises(ValueError, match="stochastic_rounding=True needs state_precision"):
+        rmsprop.RMSprop([torch.zeros(1, requires_grad=True)], stochastic_rounding=True)
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+    p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="supports bfloat16 parameters, not torch.float16"):
+        rmsprop.RMSprop([p], state_precision="fp32", stochastic_rounding=True, foreach=False).step()

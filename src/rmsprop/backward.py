@@ -33,8 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import functional
-from .optimizer import _HYPER_KNOBS, RMSprop
+from .optimizer import RMSprop
 
 __all__ = ["step_in_backward", "BackwardStepHandle"]
 
@@ -58,15 +57,7 @@ class BackwardStepHandle:
         if group is None or group not in opt.param_groups:  # regrouped since attaching
             group = next(g for g in opt.param_groups if any(q is p for q in g["params"]))
             self._group_of[p] = group
-        params, grads, square_avgs, grad_avgs, momentum_buffers, steps = opt._gather_group(
-            {**group, "params": [p]}
-        )
-        hyper = functional.make_hyper(
-            group["lr"], group["capturable"], maximize=group["maximize"],
-            **{k: group[k] for k in _HYPER_KNOBS},
-        )
-        functional.apply(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper,
-                         foreach=group["foreach"], differentiable=False, fused=group["fused"])
+        opt._apply(group, opt._gather_group({**group, "params": [p]}))
         p.grad = None
         # LR schedulers warn when they step before the optimizer ever has;
         # here the optimizer steps without step(), so say that it did.

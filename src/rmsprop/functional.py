@@ -97,10 +97,14 @@ def apply(
     differentiable: bool,
     fused: bool | None,
     finite: Tensor | None = None,
+    rounding_seed: int | None = None,
 ) -> None:
     """Pick the path for these tensors (:func:`rmsprop.paths.choose_path`) and run it.
 
     ``finite``: a 0-d bool tensor; where it is False the step changes nothing
-    (the fused path obeys it on the device, the others read it on the host)."""
+    (the fused path obeys it on the device, the others read it on the host).
+    ``rounding_seed``: write bfloat16 parameters updated at a wider precision
+    back with stochastic rounding drawn from this seed (rmsprop.precision)."""
     path = choose_path(params, foreach, differentiable, fused)
-    PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper, finite=finite)
+    PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper,
+                finite=finite, rounding_seed=rounding_seed)

@@ -41,6 +41,8 @@ _TORCH_GROUP_DEFAULTS: dict[str, Any] = {
     "fused": None,
     "skipped_steps": 0,
     "state_precision": "param",
+    "stochastic_rounding": False,
+    "rounding_seed": 0,
 }
 
 # The group keys that reach the engine as they are (lr needs a look first).
@@ -156,6 +158,13 @@ class RMSprop(Optimizer):
             maths, for bf16/fp16 parameters) or "bf16" (bfloat16 state,
             float32 maths); per group (default: "param"). See
             :mod:`rmsprop.precision`.
+        stochastic_rounding: write bfloat16 parameters back with unbiased
+            stochastic rounding instead of rounding to nearest, so updates
+            smaller than half an ulp still count on average; needs
+            state_precision "fp32" or "bf16"; per group (default: False).
+        rounding_seed: the seed of that rounding's random bits, which are a
+            function of (seed, step, tensor position, element): no generator
+            state to save, and a resumed run draws the same bits (default: 0).
 
     State dicts have PyTorch's layout and cross-load with
     ``torch.optim.RMSprop`` both ways; a group saved by PyTorch reads as the
@@ -206,6 +215,8 @@ class RMSprop(Optimizer):
         bias_correction: bool | None = None,
         nonfinite: str = "propagate",
         state_precision: str = "param",
+        stochastic_rounding: bool = False,
+        rounding_seed: int = 0,
     ) -> None:
         check_policy(nonfinite)
         self.nonfinite = nonfinite
@@ -240,6 +251,8 @@ class RMSprop(Optimizer):
             "layout_version": LAYOUT_VERSION,
             "skipped_steps": 0,
             "state_precision": state_precision,
+            "stochastic_rounding": stochastic_rounding,
+            "rounding_seed": rounding_seed,
         }
         check_group(defaults, lr_required=False)
         super().__init__(params, defaults)
@@ -490,15 +503,20 @@ class RMSprop(Optimizer):
                 finite = verdict
         for group in self.param_groups:
             lists = self._gather_group(group)
-            if not lists[0]:
-                continue
-            hyper = functional.make_hyper(
-                group["lr"], group["capturable"], maximize=group["maximize"],
-                **{k: group[k] for k in _HYPER_KNOBS},
-            )
-            functional.apply(*lists, hyper, foreach=group["foreach"], differentiable=group["differentiable"],
-                             fused=group["fused"], finite=finite)
+            if lists[0]:
+                self._apply(group, lists, finite)
         return loss
+
+    @staticmethod
+    def _apply(group: dict[str, Any], lists: tuple[list[Tensor], ...], finite: Tensor | None = None) -> None:
+        """Run one group's update on its gathered tensors."""
+        hyper = functional.make_hyper(
+            group["lr"], group["capturable"], maximize=group["maximize"],
+            **{k: group[k] for k in _HYPER_KNOBS},
+        )
+        functional.apply(*lists, hyper, foreach=group["foreach"], differentiable=group["differentiable"],
+                         fused=group["fused"], finite=finite,
+                         rounding_seed=group["rounding_seed"] if group["stochastic_rounding"] else None)
 
     def _check_finite(self) -> bool | Tensor:
         """Apply the nonfinite policy before anything changes: True (go on),

@@ -20,6 +20,7 @@ _BOOL_KNOBS = (
     "maximize",
     "capturable",
     "differentiable",
+    "stochastic_rounding",
 )
 _STATE_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
 
@@ -55,6 +56,11 @@ def check_group(group: dict[str, Any], *, lr_required: bool) -> None:
         if not isinstance(value, (bool, int)) or value not in (0, 1):
             raise ValueError(f"Invalid {name} value: {value!r} (must be True or False)")
     check_precision(group["state_precision"])
+    if group["stochastic_rounding"] and group["state_precision"] == "param":
+        raise ValueError("stochastic_rounding=True needs state_precision='fp32' or 'bf16': under 'param' "
+                         "the update runs in the parameter's own dtype, so there is nothing wider to round")
+    if not isinstance(group["rounding_seed"], int) or isinstance(group["rounding_seed"], bool):
+        raise ValueError(f"Invalid rounding_seed value: {group['rounding_seed']!r} (an int)")
     if group["nesterov"] and group["momentum"] == 0:
         raise ValueError("Invalid nesterov value: True requires momentum > 0")
     if group["bias_correction"] and group["alpha"] == 1:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, bias_correction_factor
-from ..precision import working_dtype
+from ..precision import working_dtype, write_param_
 from .grouping import by_device_and_dtype
 
 __all__ = ["foreach_step"]
@@ -28,6 +28,7 @@ def foreach_step(
     hyper: Hyper,
     *,
     finite: Tensor | None = None,
+    rounding_seed: int | None = None,
 ) -> None:
     """Apply one step to all tensors, one multi-tensor op per formula line.
     Nothing happens where ``finite`` is a False tensor (read on the host)."""
@@ -48,9 +49,14 @@ def foreach_step(
             else:  # widen a cache-sized chunk, step it, round each result once into its storage
                 wide = [None if xs is None else [x.to(work) for x in xs] for xs in lists]
                 _step_group(*wide, t[chunk], hyper)
-                for i in (0, 2, 3, 4):  # θ, v, ḡ, b: not g
+                for i in (2, 3, 4):  # v, ḡ, b
                     if lists[i] is not None:
                         torch._foreach_copy_(lists[i], wide[i])
+                if rounding_seed is None:
+                    torch._foreach_copy_(lists[0], wide[0])
+                else:
+                    for j, (param, new) in enumerate(zip(lists[0], wide[0])):
+                        write_param_(param, new, rounding_seed, t[chunk][j], salt=chunk.start + j)
 
 
 # On CPU a foreach op is a loop over its tensors: each op streams every tensor

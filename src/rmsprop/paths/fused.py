@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, _is_zero, rmsprop_update
-from ..precision import working_dtype
+from ..precision import working_dtype, write_param_
 from .grouping import by_device_and_dtype
 
 __all__ = ["fused_step", "fused_unavailable_reason", "compiled_structures", "DISABLE_ENV"]
@@ -91,7 +91,7 @@ def _scalar(role: str, value: float, device: torch.device) -> Tensor:
 
 
 def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper: Hyper,
-                compute: torch.dtype, finite: Tensor | None) -> None:
+                compute: torch.dtype, finite: Tensor | None, rounding_seed: int | None) -> None:
     """The traced body: (1)…(14) for every tensor at ``compute`` precision,
     written back in place (Inductor fuses the casts into the one pass). With
     a ``finite`` flag, each write keeps the old value where the flag is False:
@@ -107,7 +107,12 @@ def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, 
         step = steps[i] + 1
         new = rmsprop_update(p, grads[i].to(compute), v, m, b, step, hyper)
         write(steps[i], step, steps[i])
-        write(params[i], new.param, p)
+        if rounding_seed is not None and params[i].dtype != compute:
+            rounded = torch.empty_like(params[i])
+            write_param_(rounded, new.param, rounding_seed, step, salt=i)
+            write(params[i], rounded, params[i])
+        else:
+            write(params[i], new.param, p)
         write(square_avgs[i], new.square_avg, v)
         if new.grad_avg is not None:
             write(grad_avgs[i], new.grad_avg, m)
@@ -166,6 +171,7 @@ def fused_step(
     hyper: Hyper,
     *,
     finite: Tensor | None = None,
+    rounding_seed: int | None = None,
 ) -> None:
     """Apply one step to all tensors: one compiled call per device and dtype.
     Where ``finite`` (a 0-d bool tensor) is False nothing changes, decided
@@ -182,16 +188,16 @@ def fused_step(
         run_hyper = _runtime_hyper(hyper, device)
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
-            _step_group(p, g, v, m, b, t, run_hyper, compute, finite)
+            _step_group(p, g, v, m, b, t, run_hyper, compute, finite, rounding_seed)
             continue
         key = (
             hyper.centered, hyper.maximize, hyper.eps_in_sqrt, hyper.lr_in_momentum, hyper.nesterov,
             hyper.decoupled_weight_decay, hyper.bias_correction,
-            hyper.weight_decay != 0, use_momentum, finite is not None,
+            hyper.weight_decay != 0, use_momentum, finite is not None, rounding_seed,
             str(device), p[0].dtype, v[0].dtype, t[0].device.type,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )
-        _compiled_for(key)(p, g, v, m, b, t, run_hyper, compute, finite)
+        _compiled_for(key)(p, g, v, m, b, t, run_hyper, compute, finite, rounding_seed)
 
 
 def _real(tensors: list[Tensor]) -> list[Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..engine import Hyper, rmsprop_update
-from ..precision import working_dtype
+from ..precision import working_dtype, write_param_
 
 __all__ = ["reference_step"]
 
@@ -25,6 +25,7 @@ def reference_step(
     hyper: Hyper,
     *,
     finite: Tensor | None = None,
+    rounding_seed: int | None = None,
 ) -> None:
     """Apply one step to each tensor; ``grad_avgs`` / ``momentum_buffers`` are
     empty unless the knobs use them (PyTorch's convention). Nothing happens
@@ -44,7 +45,7 @@ def reference_step(
             steps[i], hyper,
         )
 
-        param.copy_(new.param)
+        write_param_(param, new.param, rounding_seed, steps[i], salt=i)
         square_avg.copy_(new.square_avg)
         if grad_avg is not None:
             grad_avg.copy_(new.grad_avg)
