@@ -384,16 +384,7 @@ class RMSprop(Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("RMSprop does not support sparse gradients")
-            state = self.state[p]
-            if not state:
-                state.update(self._new_state(p, group))
-            # Buffers are created when the knobs first need them, so a group
-            # whose momentum or centering is switched on later keeps working.
-            if group["momentum"] != 0 and "momentum_buffer" not in state:
-                state["momentum_buffer"] = _buffer(p, group)
-            if group["centered"] and "grad_avg" not in state:
-                state["grad_avg"] = _buffer(p, group)
-
+            state = self._ensure_state(p, group)
             params.append(p)
             grads.append(p.grad)
             square_avgs.append(state["square_avg"])
@@ -427,6 +418,32 @@ class RMSprop(Optimizer):
                 [s["step"] for s in states],
                 **self._path_arguments(group),
             )
+
+    def share_memory(self) -> RMSprop:
+        """Create every state buffer now and move it into shared memory, for
+        A3C-style training: worker processes (``torch.multiprocessing``) that
+        receive this optimizer each hold their own optimizer object over the
+        one shared model and the one set of shared statistics, and step
+        without locks (Hogwild). Call ``model.share_memory()`` too. Returns self.
+        """
+        for group in self.param_groups:
+            for p in group["params"]:
+                for value in self._ensure_state(p, group).values():
+                    value.share_memory_()
+        return self
+
+    def _ensure_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """``p``'s state with every buffer the group's knobs need. Buffers are
+        created when first needed, so switching momentum or centering on
+        mid-run works."""
+        state = self.state[p]
+        if not state:
+            state.update(self._new_state(p, group))
+        if group["momentum"] != 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = _buffer(p, group)
+        if group["centered"] and "grad_avg" not in state:
+            state["grad_avg"] = _buffer(p, group)
+        return state
 
     @staticmethod
     def _new_state(p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
