@@ -1,0 +1,146 @@
+"""torch.distributed on CPU (gloo, 2 processes started here): DDP, ZeRO-1 and
+distributed checkpoints train like one process.
+
+The two ranks run every scenario in one start (starting processes is most of
+the cost), write their results to files, and the tests compare them with a
+single-process run on the full batch. A failed rank fails every test with its
+traceback; processes are killed if they outlive the timeout.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.nn.parallel import DistributedDataParallel
+
+import rmsprop
+
+WORLD = 2
+KNOBS = {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.01}
+STEPS, MORE = 4, 3
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 4, generator=gen), torch.randn(8, 3, generator=gen)) for _ in range(n)]
+
+
+def _train(model, opt, batches, rank=None) -> None:
+    for x, y in batches:
+        if rank is not None:  # each rank takes its half of the batch
+            x, y = x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def _params(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _rank_main(rank: int, tmp: str) -> None:
+    out = Path(tmp)
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD)
+        results = {}
+        batches = _batches(STEPS + MORE)
+
+        # DDP: gradients averaged over the ranks' halves = the full batch's gradient.
+        ddp = DistributedDataParallel(_model())
+        _train(ddp, rmsprop.RMSprop(ddp.parameters(), **KNOBS), batches, rank)
+        results["ddp"] = _params(ddp.module)
+
+        # ZeRO-1: each rank keeps and steps the state of its share of the parameters.
+        ddp = DistributedDataParallel(_model())
+        zero = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=rmsprop.RMSprop, **KNOBS)
+        _train(ddp, zero, batches[:STEPS], rank)
+        zero.consolidate_state_dict(to=0)
+        consolidated = zero.state_dict() if rank == 0 else None
+        holder = [consolidated]
+        dist.broadcast_object_list(holder, src=0)
+        fresh = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=rmsprop.RMSprop, **KNOBS)
+        fresh.load_state_dict(holder[0])
+        _train(ddp, fresh, batches[STEPS:], rank)
+        results["zero"] = _params(ddp.module)
+
+        # Distributed checkpoint: save the optimizer after STEPS, load into a new one, go on.
+        ddp = DistributedDataParallel(_model())
+        opt = rmsprop.RMSprop(ddp.parameters(), **KNOBS)
+        _train(ddp, opt, batches[:STEPS], rank)
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save({"optim": get_optimizer_state_dict(ddp, opt)}, checkpoint_id=str(out / "dcp"))
+        # As in a new process: no gradients yet, and the optimizer built the same way (DCP loads
+        # into the state an init step creates), its lr a placeholder that the file replaces.
+        ddp.zero_grad(set_to_none=True)
+        again = rmsprop.RMSprop(ddp.parameters(), **{**KNOBS, "lr": 1.0})
+        loaded = {"optim": get_optimizer_state_dict(ddp, again)}
+        dcp.load(loaded, checkpoint_id=str(out / "dcp"))
+        set_optimizer_state_dict(ddp, again, optim_state_dict=loaded["optim"])
+        results["dcp_group"] = {k: v for k, v in again.param_groups[0].items() if k != "params"}
+        _train(ddp, again, batches[STEPS:], rank)
+        results["dcp"] = _params(ddp.module)
+
+        torch.save(results, out / f"rank{rank}.pt")
+        dist.destroy_process_group()
+    except Exception:
+        (out / f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    context = mp.get_context("spawn")
+    procs = [context.Process(target=_rank_main, args=(rank, str(tmp))) for rank in range(WORLD)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=300)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    errors = [e.read_text() for e in sorted(tmp.glob("rank*.error"))]
+    if errors or any(p.exitcode != 0 for p in procs):
+        pytest.fail(f"a rank failed (exit codes {[p.exitcode for p in procs]}):\n" + "\n".join(errors))
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def _single_process(steps: int) -> list[torch.Tensor]:
+    model = _model()
+    _train(model, rmsprop.RMSprop(model.parameters(), **KNOBS), _batches(steps))
+    return _params(model)
+
+
+@pytest.mark.parametrize("scenario", ["ddp", "zero", "dcp"])
+def test_distributed_training_equals_one_process_on_the_full_batch(ranks, scenario):
+    expected = _single_process(STEPS + MORE)
+    for rank in ranks:
+        for got, want in zip(rank[scenario], expected):
+            # the all-reduce sums the two halves' mean gradients in another order than
+            # one mean over the batch: equal to float32 rounding, not bit for bit
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0][scenario], ranks[1][scenario]))
+
+
+def test_distributed_checkpoint_carries_the_groups_knobs(ranks):
+    group = ranks[0]["dcp_group"]
+    assert group["lr"] == KNOBS["lr"] and group["momentum"] == 0.9 and group["centered"] is True
+    assert group["preset"] == "torch" and group["skipped_steps"] == 0
+
