@@ -1,0 +1,152 @@
+"""What the ``rmsprop`` commands share: option types, ``--json FILE|-``, the progress
+bar, and matplotlib loaded only when a picture is asked for.
+
+Nothing here imports a plotting library at import time: the core package must
+work with torch alone (``pip install 'rmsprop[plot]'`` adds the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+__all__ = [
+    "Progress", "UsageError", "comma_list", "positive_int", "pyplot", "require_matplotlib",
+    "text_stream", "write_json",
+]
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing: the command prints it and exits with 2."""
+
+
+# ---------------------------------------------------------------- option types
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def comma_list(allowed: tuple[str, ...], extra: dict[str, tuple[str, ...]] | None = None
+               ) -> Callable[[str], list[str]]:
+    """An argparse type for comma lists of ``allowed`` names (``extra`` names expand to several)."""
+
+    def parse(text: str) -> list[str]:
+        items = []
+        for item in (x.strip() for x in text.split(",")):
+            if extra and item in extra:
+                items += extra[item]
+            elif item in allowed:
+                items.append(item)
+            else:
+                raise argparse.ArgumentTypeError(
+                    f"{item!r} is not one of {', '.join(allowed + tuple(extra or ()))}")
+        return items
+
+    return parse
+
+
+# ---------------------------------------------------------------- output
+
+def text_stream(json_target: str | None) -> IO[str]:
+    """Where a command prints its tables: stderr when ``--json -`` claims stdout."""
+    return sys.stderr if json_target == "-" else sys.stdout
+
+
+def write_json(data: Any, target: str) -> None:
+    """Write ``data`` as indented JSON to the file ``target``, or to stdout for ``-``."""
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    if target == "-":
+        print(text)
+    else:
+        with open(target, "w") as f:
+            f.write(text + "\n")
+
+
+def require_matplotlib(extra: str = "plot") -> None:
+    """Raise ImportError with the fix when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"--out needs matplotlib, which is not installed: "
+                          f"pip install 'rmsprop[{extra}]' (or pip install matplotlib)") from err
+
+
+def pyplot(extra: str = "plot") -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, imported now."""
+    require_matplotlib(extra)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ---------------------------------------------------------------- progress
+
+class Progress:
+    """A one-line progress bar on a terminal; one line per case elsewhere.
+
+    Args:
+        total: how many units of work (calls of the object) make 100%.
+        stream: where to draw (default: stderr).
+        enabled: False draws nothing (``--no-progress``).
+        name: the command's name, at the start of each non-terminal line.
+    """
+
+    def __init__(self, total: int, stream: IO[str] | None = None, enabled: bool = True,
+                 name: str = "bench"):
+        self.total, self.done = max(total, 1), 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.name = name
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+        self.case = ""
+        self._shown = False
+
+    def _elapsed(self) -> str:
+        seconds = int(time.perf_counter() - self.start)
+        return f"{seconds // 60}:{seconds % 60:02d}"
+
+    def start_case(self, index: int, count: int, text: str) -> None:
+        self.case = f"[{index}/{count}] {text}"
+        if self.enabled and not self.tty:
+            print(f"{self.name} {self.case} ({self._elapsed()} elapsed)", file=self.stream, flush=True)
+        self._draw("")
+
+    def __call__(self, label: str) -> None:
+        self.done += 1
+        self._draw(label)
+
+    def _draw(self, label: str) -> None:
+        if not self.tty:
+            return
+        fraction = min(self.done / self.total, 1.0)
+        width = 24
+        bar = "#" * round(fraction * width) + "." * (width - round(fraction * width))
+        text = f"[{bar}] {fraction:4.0%} {self._elapsed()} {self.case} · {label}"
+        columns = shutil.get_terminal_size((100, 20)).columns
+        self.stream.write("\r" + text[: columns - 1].ljust(columns - 1))
+        self.stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        """Erase the bar (before printing a table line)."""
+        if self.tty and self._shown:
+            columns = shutil.get_terminal_size((100, 20)).columns
+            self.stream.write("\r" + " " * (columns - 1) + "\r")
+            self.stream.flush()
+            self._shown = False
