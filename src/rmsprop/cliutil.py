@@ -12,12 +12,13 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 
 __all__ = [
-    "Progress", "UsageError", "comma_list", "positive_int", "pyplot", "require_matplotlib",
-    "text_stream", "write_json",
+    "Progress", "UsageError", "add_json_option", "comma_list", "guarded", "positive_int", "pyplot",
+    "require_matplotlib", "text_stream", "torch_threads", "write_json",
 ]
 
 
@@ -57,6 +58,25 @@ def comma_list(allowed: tuple[str, ...], extra: dict[str, tuple[str, ...]] | Non
     return parse
 
 
+def add_json_option(parser: argparse.ArgumentParser, tables: str = "tables") -> None:
+    """``--json FILE|-``, the same in every command."""
+    parser.add_argument("--json", metavar="FILE", help="write the numbers as JSON to FILE, or - for stdout "
+                                                      f"(the {tables} then go to stderr)")
+
+
+def guarded(command: str, body: Callable[[], int], needs_matplotlib: bool = False) -> int:
+    """Run a command's ``body``; a UsageError or a missing optional package becomes
+    ``rmsprop COMMAND: error: ...`` on stderr and exit code 2. With ``needs_matplotlib``
+    a missing matplotlib is found before any work is done."""
+    try:
+        if needs_matplotlib:
+            require_matplotlib()
+        return body()
+    except (UsageError, ImportError) as err:
+        print(f"rmsprop {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
 # ---------------------------------------------------------------- output
 
 def text_stream(json_target: str | None) -> IO[str]:
@@ -92,6 +112,23 @@ def pyplot(extra: str = "plot") -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)``, then restore the previous count.
+
+    The picture commands train models far too small to gain from intra-op threads; on a
+    busy machine the threads of one op wait on each other (measured here: a digits run
+    70x slower with 2 threads than with 1 while another process kept both cores busy)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- progress

@@ -49,14 +49,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from ..cliutil import UsageError, comma_list, positive_int, text_stream, write_json
+from ..cliutil import UsageError, add_json_option, comma_list, guarded, positive_int, text_stream, write_json
 from .measure import COMPILED_PATHS, PATHS, CaseResult, run_case
 from .report import (
     LEGEND,
@@ -109,8 +108,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch.set_num_threads(N) for the run (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] where there is one (default: cpu)")
-    parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE, or - for stdout "
-                                                      "(the tables then go to stderr)")
+    add_json_option(parser)
     parser.add_argument("--out", metavar="FILE.png",
                         help="log-log plot of step time against size per path (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -149,14 +147,7 @@ def _quiet_dynamo():
 
 def run(args: argparse.Namespace) -> int:
     """The ``rmsprop bench`` command; returns the exit code."""
-    try:
-        return run_bench(args)
-    except UsageError as err:
-        print(f"rmsprop bench: error: {err}", file=sys.stderr)
-        return 2
-    except ImportError as err:  # matplotlib missing for --out
-        print(f"rmsprop bench: error: {err}", file=sys.stderr)
-        return 2
+    return guarded("bench", lambda: run_bench(args))
 
 
 def run_bench(args: argparse.Namespace) -> int:
