@@ -22,7 +22,7 @@ test-slow: $(STAMP)                # the exhaustive checks: every knob combinati
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests examples scripts
 
 # The live peers (TensorFlow, Keras, JAX/optax, timm) live in their own
 # environment, never in the project's: scripts/make_goldens.py explains it.

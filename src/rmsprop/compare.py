@@ -44,6 +44,7 @@ import argparse
 import csv
 import functools
 import io
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -279,7 +280,7 @@ def table(task: Task, results: list[OptimizerResult], settings: dict[str, Any]) 
             + (f", batch {settings['batch_size']}" if task.name != "seed" else "")
             + f"; seeds {', '.join(map(str, settings['seeds']))} ==")
     columns = [m for m in task.metrics if m != "train_accuracy"]
-    lines = [head, f"{'optimizer':<18} {'lr':>7}" + "".join(f"  {m:<22}" for m in columns)
+    lines = [head, f"{'optimizer':<18} {'lr':>7}" + "".join(f"  {m.replace('_', ' '):<22}" for m in columns)
              + (f"  epochs to {ACCURACY_MARK:.0%} test acc" if "test_accuracy" in columns else "")]
     for r in results:
         stats = r.stats()
@@ -310,7 +311,8 @@ def plot(filename: str, task: Task, results: list[OptimizerResult], settings: di
     """Mean curve per optimizer with a min–max band over the seeds; one panel per metric shown."""
     plt = pyplot()
     shown = [m for m in task.metrics if m != "train_accuracy"]
-    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown) + 1, 4.4), squeeze=False)
+    rows = math.ceil(len(results) / 4)  # of the legend, under the panels
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown) + 1, 4.2 + 0.3 * rows), squeeze=False)
     from matplotlib.ticker import MaxNLocator
 
     for ax, metric in zip(axes[0], shown):
@@ -328,14 +330,16 @@ def plot(filename: str, task: Task, results: list[OptimizerResult], settings: di
             worst = min(r.stats()["mean"][metric][-1] for r in results)
             ax.set_ylim(max(0.0, worst - 0.1), 1.0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0, settings["epochs"])
         ax.set_xlabel("epoch")
         ax.set_title(_TITLES[metric], fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
-    axes[0][0].legend(fontsize=7, framealpha=0.8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     seeds = settings["seeds"]
     fig.suptitle(f"rmsprop compare --task {task.name}: mean over seeds {', '.join(map(str, seeds))}, "
                  f"band = min–max over seeds", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4) + 0.02, 1, 1))
     fig.savefig(filename, dpi=80)
     plt.close(fig)
 
