@@ -62,6 +62,7 @@ from .cliutil import (
     guarded,
     positive_int,
     pyplot,
+    save_png,
     text_stream,
     torch_threads,
     write_json,
@@ -340,7 +341,7 @@ def plot(filename: str, task: Task, results: list[OptimizerResult], settings: di
     fig.suptitle(f"rmsprop compare --task {task.name}: mean over seeds {', '.join(map(str, seeds))}, "
                  f"band = min–max over seeds", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4) + 0.02, 1, 1))
-    fig.savefig(filename, dpi=80)
+    save_png(fig, filename)
     plt.close(fig)
 
 

@@ -58,6 +58,7 @@ from .cliutil import (
     guarded,
     positive_int,
     pyplot,
+    save_png,
     text_stream,
     torch_threads,
     write_json,
@@ -280,7 +281,7 @@ def _figure(results: list[tuple[Surface, list[Run]]]):
 def plot(filename: str, results: list[tuple[Surface, list[Run]]]) -> None:
     """Contour plot with every path and the loss panel, one row per surface, as a PNG."""
     plt, fig, _ = _figure(results)
-    fig.savefig(filename, dpi=80)
+    save_png(fig, filename)
     plt.close(fig)
 
 
