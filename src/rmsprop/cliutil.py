@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 __all__ = [
-    "Progress", "UsageError", "add_json_option", "comma_list", "guarded", "positive_int", "pyplot",
+    "Progress", "UsageError", "add_json_option", "comma_list", "figure", "guarded", "positive_int", "pyplot",
     "require_matplotlib", "save_png", "text_stream", "torch_threads", "write_json",
 ]
 
@@ -101,6 +101,18 @@ def require_matplotlib(extra: str = "plot") -> None:
     except ImportError as err:
         raise ImportError(f"--out needs matplotlib, which is not installed: "
                           f"pip install 'rmsprop[{extra}]' (or pip install matplotlib)") from err
+
+
+def figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` with its own Agg canvas: drawing it touches neither pyplot's
+    state nor the global backend (a notebook's inline display keeps working)."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def pyplot(extra: str = "plot") -> Any:

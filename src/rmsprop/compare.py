@@ -59,9 +59,9 @@ from .cliutil import (
     Progress,
     UsageError,
     add_json_option,
+    figure,
     guarded,
     positive_int,
-    pyplot,
     save_png,
     text_stream,
     torch_threads,
@@ -310,10 +310,10 @@ _TITLES = {"train_loss": "training loss", "test_loss": "test loss", "train_accur
 
 def plot(filename: str, task: Task, results: list[OptimizerResult], settings: dict[str, Any]) -> None:
     """Mean curve per optimizer with a min–max band over the seeds; one panel per metric shown."""
-    plt = pyplot()
     shown = [m for m in task.metrics if m != "train_accuracy"]
     rows = math.ceil(len(results) / 4)  # of the legend, under the panels
-    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown) + 1, 4.2 + 0.3 * rows), squeeze=False)
+    fig = figure(figsize=(5.2 * len(shown) + 1, 4.2 + 0.3 * rows))
+    axes = fig.subplots(1, len(shown), squeeze=False)
     from matplotlib.ticker import MaxNLocator
 
     for ax, metric in zip(axes[0], shown):
@@ -342,7 +342,6 @@ def plot(filename: str, task: Task, results: list[OptimizerResult], settings: di
                  f"band = min–max over seeds", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4) + 0.02, 1, 1))
     save_png(fig, filename)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- command line

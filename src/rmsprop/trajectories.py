@@ -55,9 +55,9 @@ import torch
 from .cliutil import (
     add_json_option,
     comma_list,
+    figure,
     guarded,
     positive_int,
-    pyplot,
     save_png,
     text_stream,
     torch_threads,
@@ -235,13 +235,12 @@ def _grid(surface: Surface, n: int = 240):
 
 
 def _figure(results: list[tuple[Surface, list[Run]]]):
-    """The figure, its axes, and per run the artists that animate() moves."""
-    plt = pyplot()
+    """The figure and, per run, the artists that animate() moves."""
+    fig = figure(figsize=(12, 4.6 * len(results)))
     import numpy as np
     from matplotlib.colors import LogNorm
 
-    fig, axes = plt.subplots(len(results), 2, figsize=(12, 4.6 * len(results)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.25, 1]})
+    axes = fig.subplots(len(results), 2, squeeze=False, gridspec_kw={"width_ratios": [1.25, 1]})
     artists = []
     for (surface, runs), (ax_map, ax_loss) in zip(results, axes):
         gx, gy, gap = _grid(surface)
@@ -275,14 +274,13 @@ def _figure(results: list[tuple[Surface, list[Run]]]):
         ax_loss.set_title("loss gap against step (floored at 1e-12)", fontsize=10)
         ax_loss.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
-    return plt, fig, artists
+    return fig, artists
 
 
 def plot(filename: str, results: list[tuple[Surface, list[Run]]]) -> None:
     """Contour plot with every path and the loss panel, one row per surface, as a PNG."""
-    plt, fig, _ = _figure(results)
+    fig, _ = _figure(results)
     save_png(fig, filename)
-    plt.close(fig)
 
 
 def animate(filename: str, results: list[tuple[Surface, list[Run]]], frames: int = 50, fps: int = 10) -> None:
@@ -290,7 +288,7 @@ def animate(filename: str, results: list[tuple[Surface, list[Run]]], frames: int
 
     The contours are drawn once; each frame redraws only the paths (blitting), then Pillow
     (a dependency of matplotlib) writes the frames."""
-    plt, fig, artists = _figure(results)
+    fig, artists = _figure(results)
     from PIL import Image
 
     fig.set_dpi(60)
@@ -315,7 +313,6 @@ def animate(filename: str, results: list[tuple[Surface, list[Run]]], frames: int
         images.append(Image.frombuffer("RGBA", canvas.get_width_height(), bytes(canvas.buffer_rgba()))
                       .convert("RGB").quantize(colors=64))
     images[0].save(filename, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- command line
