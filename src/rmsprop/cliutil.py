@@ -58,10 +58,10 @@ def comma_list(allowed: tuple[str, ...], extra: dict[str, tuple[str, ...]] | Non
     return parse
 
 
-def add_json_option(parser: argparse.ArgumentParser, tables: str = "tables") -> None:
+def add_json_option(parser: argparse.ArgumentParser) -> None:
     """``--json FILE|-``, the same in every command."""
     parser.add_argument("--json", metavar="FILE", help="write the numbers as JSON to FILE, or - for stdout "
-                                                      f"(the {tables} then go to stderr)")
+                                                      "(what the command prints then goes to stderr)")
 
 
 def guarded(command: str, body: Callable[[], int], needs_matplotlib: bool = False) -> int:

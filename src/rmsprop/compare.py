@@ -373,7 +373,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE.png",
                         help="the picture (needs matplotlib); the numbers go to FILE.csv and FILE.json "
                              "beside it")
-    add_json_option(parser, "table")
+    add_json_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(run=run)
 
