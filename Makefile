@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench parity goldens clean
+.PHONY: demo test test-slow lint bench parity goldens clean figures tutorial
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ test-slow: $(STAMP)                # the exhaustive checks: every knob combinati
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests examples scripts
 
 # The live peers (TensorFlow, Keras, JAX/optax, timm) live in their own
 # environment, never in the project's: scripts/make_goldens.py explains it.
@@ -46,3 +46,11 @@ clean:
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_paths.py
+
+# The README's pictures (and the numbers beside them), from the commands themselves.
+figures: $(STAMP)
+	$(VENV)/bin/rmsprop trajectories --function quadratic,saddle --out docs/figures/trajectories.png
+	$(VENV)/bin/rmsprop compare --no-progress --out docs/figures/compare_digits.png
+
+tutorial: $(STAMP)                 # run docs/tutorial.md's code in docs/: rewrites docs/figures/tutorial_*.png
+	$(PY) scripts/run_tutorial.py docs/tutorial.md --cwd docs

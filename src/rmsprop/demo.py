@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .cliutil import positive_int
 from .seed import RMSPropOptimizer
 
 __all__ = [
@@ -237,15 +238,9 @@ def _print_scale_comparison(result: ScaleComparison) -> None:
           + f"{rmsprop_closer}; SGD on {sgd_closer}.")
 
 
-def _positive_int(text: str) -> int:
-    if (value := int(text)) < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to ``parser`` and make :func:`run` its action."""
-    parser.add_argument("--epochs", type=_positive_int, default=10,
+    parser.add_argument("--epochs", type=positive_int, default=10,
                         help="epochs for parts 1 and 2 (default: %(default)s, the notebook's)")
     parser.add_argument("--lr", type=float, default=0.01,
                         help="learning rate for parts 1 and 2 (default: %(default)s)")

@@ -47,16 +47,15 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import sys
 import time
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from ..cliutil import UsageError, add_json_option, comma_list, guarded, positive_int, text_stream, write_json
 from .measure import COMPILED_PATHS, GUARDED_PATHS, PATHS, CaseResult, run_case
 from .report import (
     LEGEND,
@@ -78,35 +77,6 @@ __all__ = ["configure_parser", "run", "run_bench"]
 ALL = ("size", "count", "models", "rl", "schedule")
 
 
-class _UsageError(Exception):
-    pass
-
-
-def _choices(allowed: tuple[str, ...], extra: dict[str, tuple[str, ...]] | None = None):
-    """An argparse type for comma lists of ``allowed`` (``extra`` names expand)."""
-
-    def parse(text: str) -> list[str]:
-        items = []
-        for item in (x.strip() for x in text.split(",")):
-            if extra and item in extra:
-                items += extra[item]
-            elif item in allowed:
-                items.append(item)
-            else:
-                raise argparse.ArgumentTypeError(
-                    f"{item!r} is not one of {', '.join(allowed + tuple(extra or ()))}")
-        return items
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _size(text: str) -> int:
     try:
         value = int(float(text))
@@ -119,28 +89,27 @@ def _size(text: str) -> int:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to ``parser`` and make :func:`run` its action."""
-    parser.add_argument("--suite", action="append", type=_choices(SUITES, {"all": ALL}), metavar="SUITE",
+    parser.add_argument("--suite", action="append", type=comma_list(SUITES, {"all": ALL}), metavar="SUITE",
                         help="what to time: quick, size, count, models, rl, schedule or all; "
                              "repeat or comma-separate (default: quick)")
-    parser.add_argument("--rounds", type=_positive_int, default=None,
+    parser.add_argument("--rounds", type=positive_int, default=None,
                         help="alternating rounds per case; medians are over these (default: 5, quick: 2)")
     parser.add_argument("--max-size", type=_size, default=10**8, metavar="N",
                         help="largest total parameter count in the size and count sweeps, e.g. 3.4e7 "
                              "(default: 1e8; model shapes are fixed)")
-    parser.add_argument("--config", action="append", type=_choices(tuple(CONFIGS)), metavar="CONFIG",
+    parser.add_argument("--config", action="append", type=comma_list(tuple(CONFIGS)), metavar="CONFIG",
                         help="plain (20 B/param) or centered-momentum (centered, momentum 0.9: 36 B/param); "
                              "repeat or comma-separate (default: plain)")
-    parser.add_argument("--paths", type=_choices(PATHS), default=None, metavar="LIST",
+    parser.add_argument("--paths", type=comma_list(PATHS), default=None, metavar="LIST",
                         help=f"comma list of {', '.join(PATHS)} (default: all but the +skip ones, "
                              "which time nonfinite='skip'; quick: no compiled path)")
-    parser.add_argument("--compile-max-tensors", type=_positive_int, default=200, metavar="N",
+    parser.add_argument("--compile-max-tensors", type=positive_int, default=200, metavar="N",
                         help="skip the compiled paths (fused, torch-compile) for cases with more tensors "
                              "than this: compiling takes minutes there (default: %(default)s)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch.set_num_threads(N) for the run (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] where there is one (default: cpu)")
-    parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE, or - for stdout "
-                                                      "(the tables then go to stderr)")
+    add_json_option(parser)
     parser.add_argument("--out", metavar="FILE.png",
                         help="log-log plot of step time against size per path (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -151,16 +120,16 @@ def _device(text: str) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise _UsageError(f"--device {text}: not a device name (cpu, cuda, cuda:N)") from None
+        raise UsageError(f"--device {text}: not a device name (cpu, cuda, cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise _UsageError(f"--device {text}: CUDA is not available here "
+            raise UsageError(f"--device {text}: CUDA is not available here "
                               f"(torch {torch.__version__}, {torch.cuda.device_count()} GPUs visible)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise _UsageError(f"--device {text}: only {torch.cuda.device_count()} CUDA devices")
+            raise UsageError(f"--device {text}: only {torch.cuda.device_count()} CUDA devices")
         return device
     if device.type != "cpu":
-        raise _UsageError(f"--device {text}: only cpu and cuda are supported")
+        raise UsageError(f"--device {text}: only cpu and cuda are supported")
     return device
 
 
@@ -179,14 +148,7 @@ def _quiet_dynamo():
 
 def run(args: argparse.Namespace) -> int:
     """The ``rmsprop bench`` command; returns the exit code."""
-    try:
-        return run_bench(args)
-    except _UsageError as err:
-        print(f"rmsprop bench: error: {err}", file=sys.stderr)
-        return 2
-    except ImportError as err:  # matplotlib missing for --out
-        print(f"rmsprop bench: error: {err}", file=sys.stderr)
-        return 2
+    return guarded("bench", lambda: run_bench(args))
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -214,8 +176,7 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
     cases = build_cases(suites, configs, args.max_size)
     target_round_s = 0.01 if quick_only else 0.2
 
-    to_stdout = args.json == "-"
-    out = sys.stderr if to_stdout else sys.stdout
+    out = text_stream(args.json)
     started = time.perf_counter()
     machine = machine_info(device)
     print(machine_line(machine), file=out)
@@ -265,13 +226,7 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
                                 "target_round_s": target_round_s, "threads": torch.get_num_threads(),
                                 "dtype": "float32"}
     if args.json:
-        data = to_json(machine, settings, roofline, shown, goal_lines, elapsed)
-        text = json.dumps(data, indent=1, ensure_ascii=False)
-        if to_stdout:
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+        write_json(to_json(machine, settings, roofline, shown, goal_lines, elapsed), args.json)
     if args.out:
         plot(args.out, shown, roofline, machine)
         print(f"plot written to {args.out}", file=out)

@@ -1,19 +1,19 @@
-"""What the benchmark prints and writes: tables, goal lines, JSON, the plot, the progress bar."""
+"""What the benchmark prints and writes: tables, goal lines, JSON and the plot (the progress bar is
+:class:`rmsprop.cliutil.Progress`)."""
 
 from __future__ import annotations
 
 import os
 import platform
-import shutil
-import sys
-import time
 from dataclasses import asdict
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 import rmsprop
 
+from .. import cliutil
+from ..cliutil import Progress
 from .measure import COMPILED_PATHS, MEMORY_METHOD, CaseResult, PathResult
 from .roofline import Roofline, last_level_cache_bytes
 from .workloads import BYTES_PER_PARAM, Case
@@ -286,22 +286,14 @@ def to_json(machine: dict[str, Any], settings: dict[str, Any], roofline: Rooflin
 
 def require_matplotlib() -> None:
     """Raise ImportError with the fix when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as err:
-        raise ImportError("--out needs matplotlib, which is not installed: "
-                          "pip install 'rmsprop[bench]' (or pip install matplotlib)") from err
+    cliutil.require_matplotlib("bench")
 
 
 def plot(filename: str, shown: list[tuple[Case, CaseResult]], roofline: Roofline,
          machine: dict[str, Any]) -> None:
     """Log-log step time per path: against size (size sweep), against tensor count (count sweep);
     every case against size when neither sweep ran."""
-    require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cliutil.pyplot("bench")
     from matplotlib.ticker import FuncFormatter
 
     panels: dict[tuple[str, str], list[tuple[Case, CaseResult]]] = {}
@@ -348,52 +340,3 @@ def plot(filename: str, shown: list[tuple[Case, CaseResult]], roofline: Roofline
     fig.tight_layout()
     fig.savefig(filename, dpi=120)
     plt.close(fig)
-
-
-# ---------------------------------------------------------------- progress
-
-class Progress:
-    """A one-line progress bar on a terminal; one line per case elsewhere."""
-
-    def __init__(self, total: int, stream: IO[str] | None = None, enabled: bool = True):
-        self.total, self.done = max(total, 1), 0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.perf_counter()
-        self.case = ""
-        self._shown = False
-
-    def _elapsed(self) -> str:
-        seconds = int(time.perf_counter() - self.start)
-        return f"{seconds // 60}:{seconds % 60:02d}"
-
-    def start_case(self, index: int, count: int, text: str) -> None:
-        self.case = f"[{index}/{count}] {text}"
-        if self.enabled and not self.tty:
-            print(f"bench {self.case} ({self._elapsed()} elapsed)", file=self.stream, flush=True)
-        self._draw("")
-
-    def __call__(self, label: str) -> None:
-        self.done += 1
-        self._draw(label)
-
-    def _draw(self, label: str) -> None:
-        if not self.tty:
-            return
-        fraction = min(self.done / self.total, 1.0)
-        width = 24
-        bar = "#" * round(fraction * width) + "." * (width - round(fraction * width))
-        text = f"[{bar}] {fraction:4.0%} {self._elapsed()} {self.case} · {label}"
-        columns = shutil.get_terminal_size((100, 20)).columns
-        self.stream.write("\r" + text[: columns - 1].ljust(columns - 1))
-        self.stream.flush()
-        self._shown = True
-
-    def clear(self) -> None:
-        """Erase the bar (before printing a table line)."""
-        if self.tty and self._shown:
-            columns = shutil.get_terminal_size((100, 20)).columns
-            self.stream.write("\r" + " " * (columns - 1) + "\r")
-            self.stream.flush()
-            self._shown = False
