@@ -17,7 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import rmsprop
@@ -25,6 +27,7 @@ import rmsprop
 WORLD = 2
 KNOBS = {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.01}
 STEPS, MORE = 4, 3
+PATHS = {"reference": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
 def _model() -> torch.nn.Module:
@@ -94,6 +97,32 @@ def _rank_main(rank: int, tmp: str) -> None:
         _train(ddp, again, batches[STEPS:], rank)
         results["dcp"] = _params(ddp.module)
 
+        # FSDP2: DTensor parameters and state; every path steps the local shards.
+        for path, choice in PATHS.items():
+            model = _model()
+            for layer in model:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer)
+            fully_shard(model)
+            opt = rmsprop.RMSprop(model.parameters(), **KNOBS, **choice)
+            _train(model, opt, batches, rank)
+            state = opt.state[next(iter(model.parameters()))]
+            results[f"fsdp-{path}"] = [p.full_tensor() for p in model.parameters()]
+            results[f"fsdp-{path}-state"] = sorted(k for k, v in state.items() if isinstance(v, DTensor))
+
+        # nonfinite="skip" under FSDP2: a NaN in one rank's shard only skips the step on every rank.
+        model = _model()
+        fully_shard(model)
+        opt = rmsprop.RMSprop(model.parameters(), **KNOBS, nonfinite="skip")
+        _train(model, opt, batches[:1], rank)
+        before = [p.full_tensor() for p in model.parameters()]
+        torch.nn.functional.mse_loss(model(batches[1][0]), batches[1][1]).backward()
+        if rank == 0:
+            next(iter(model.parameters())).grad.to_local().view(-1)[0] = float("nan")
+        opt.step()
+        results["skip"] = (opt.skipped_steps, all(torch.equal(a, p.full_tensor())
+                                                  for a, p in zip(before, model.parameters())))
+
         torch.save(results, out / f"rank{rank}.pt")
         dist.destroy_process_group()
     except Exception:
@@ -128,7 +157,7 @@ def _single_process(steps: int) -> list[torch.Tensor]:
     return _params(model)
 
 
-@pytest.mark.parametrize("scenario", ["ddp", "zero", "dcp"])
+@pytest.mark.parametrize("scenario", ["ddp", "zero", "dcp", *(f"fsdp-{path}" for path in PATHS)])
 def test_distributed_training_equals_one_process_on_the_full_batch(ranks, scenario):
     expected = _single_process(STEPS + MORE)
     for rank in ranks:
@@ -137,6 +166,16 @@ def test_distributed_training_equals_one_process_on_the_full_batch(ranks, scenar
             # one mean over the batch: equal to float32 rounding, not bit for bit
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(ranks[0][scenario], ranks[1][scenario]))
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fsdp2_state_is_sharded_like_the_parameters(ranks, path):
+    for rank in ranks:
+        assert rank[f"fsdp-{path}-state"] == ["grad_avg", "momentum_buffer", "square_avg"]
+
+
+def test_fsdp2_skip_is_decided_on_all_ranks_together(ranks):
+    assert [rank["skip"] for rank in ranks] == [(1, True), (1, True)]
 
 
 def test_distributed_checkpoint_carries_the_groups_knobs(ranks):

@@ -31,9 +31,25 @@ def check_policy(nonfinite: str) -> None:
 
 def finite_flags(tensors: Sequence[Tensor]) -> Tensor:
     """One bool per tensor, True where every element is finite, on the first
-    tensor's device (no value is read back to the host)."""
+    tensor's device (no value is read back to the host). For sharded tensors
+    (DTensor: FSDP2) each rank checks its own shards and the flags are
+    all-reduced over the mesh, so every rank reaches the same verdict."""
     if not tensors:
         return torch.ones(0, dtype=torch.bool)
+    meshes = {id(t.device_mesh): t.device_mesh for t in tensors if hasattr(t, "device_mesh")}
+    if meshes:
+        import torch.distributed as dist
+
+        local = [t.to_local() if hasattr(t, "device_mesh") else t for t in tensors]
+        bad = (~_local_flags(local)).to(torch.int32)
+        for mesh in meshes.values():
+            for dim in range(mesh.ndim):
+                dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=mesh.get_group(dim))
+        return bad == 0
+    return _local_flags(tensors)
+
+
+def _local_flags(tensors: Sequence[Tensor]) -> Tensor:
     home = tensors[0].device
     flags = torch.ones(len(tensors), dtype=torch.bool, device=home)
     by_device: dict[torch.device, list[int]] = {}

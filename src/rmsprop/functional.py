@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor
+from torch.nn import Parameter
 
 from .engine import Hyper
 from .paths import PATHS, choose_path
@@ -105,6 +106,21 @@ def apply(
     (the fused path obeys it on the device, the others read it on the host).
     ``rounding_seed``: write bfloat16 parameters updated at a wider precision
     back with stochastic rounding drawn from this seed (rmsprop.precision)."""
+    if params and type(params[0]) not in _PLAIN and not differentiable:
+        # DTensor parameters (FSDP2): the update is elementwise, so every path
+        # runs on each rank's local shards, in place, without gathering.
+        params, grads, square_avgs, grad_avgs, momentum_buffers = (
+            [local_tensor(x) for x in xs] for xs in (params, grads, square_avgs, grad_avgs, momentum_buffers)
+        )
     path = choose_path(params, foreach, differentiable, fused)
     PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper,
                 finite=finite, rounding_seed=rounding_seed)
+
+
+_PLAIN = (Tensor, Parameter)
+
+
+def local_tensor(x: Tensor) -> Tensor:
+    """A DTensor's local shard (the same storage), any other tensor as it is."""
+    to_local = getattr(x, "to_local", None)
+    return to_local() if to_local is not None else x
