@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    get_state_dict,
+    set_optimizer_state_dict,
+    set_state_dict,
+)
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
@@ -40,10 +46,10 @@ def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(8, 4, generator=gen), torch.randn(8, 3, generator=gen)) for _ in range(n)]
 
 
-def _train(model, opt, batches, rank=None) -> None:
+def _train(model, opt, batches, rank=None, world=WORLD) -> None:
     for x, y in batches:
-        if rank is not None:  # each rank takes its half of the batch
-            x, y = x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]
+        if rank is not None:  # each rank takes its share of the batch
+            x, y = x.chunk(world)[rank], y.chunk(world)[rank]
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
         opt.step()
@@ -51,6 +57,50 @@ def _train(model, opt, batches, rank=None) -> None:
 
 def _params(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
+
+
+def _fsdp_model() -> torch.nn.Module:
+    model = _model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _checkpoint(model, opt, path: Path) -> None:
+    model_sd, optim_sd = get_state_dict(model, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+
+
+def _resume(model, opt, path: Path) -> None:
+    model_sd, optim_sd = get_state_dict(model, opt)  # the layout to load into, on this mesh
+    loaded = {"model": model_sd, "optim": optim_sd}
+    dcp.load(loaded, checkpoint_id=str(path))
+    set_state_dict(model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+
+
+def _one_rank(rank: int, tmp: str, job: str) -> None:
+    """World size 1: save a sharded checkpoint after STEPS (job "save"), or
+    load the 2-rank one and train on (job "load")."""
+    out = Path(tmp)
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/store-{job}", rank=0, world_size=1)
+        batches = _batches(STEPS + MORE)
+        model = _fsdp_model()
+        opt = rmsprop.RMSprop(model.parameters(), **KNOBS)
+        if job == "save":
+            _train(model, opt, batches[:STEPS], 0, 1)
+            _checkpoint(model, opt, out / "dcp-world1")
+        else:
+            _resume(model, opt, out / "dcp-world2")
+            _train(model, opt, batches[STEPS:], 0, 1)
+            torch.save([p.full_tensor() for p in model.parameters()], out / "two-to-one.pt")
+        dist.destroy_process_group()
+    except Exception:
+        (out / f"{job}.error").write_text(traceback.format_exc())
+        raise
 
 
 def _rank_main(rank: int, tmp: str) -> None:
@@ -83,8 +133,6 @@ def _rank_main(rank: int, tmp: str) -> None:
         ddp = DistributedDataParallel(_model())
         opt = rmsprop.RMSprop(ddp.parameters(), **KNOBS)
         _train(ddp, opt, batches[:STEPS], rank)
-        import torch.distributed.checkpoint as dcp
-
         dcp.save({"optim": get_optimizer_state_dict(ddp, opt)}, checkpoint_id=str(out / "dcp"))
         # As in a new process: no gradients yet, and the optimizer built the same way (DCP loads
         # into the state an init step creates), its lr a placeholder that the file replaces.
@@ -123,6 +171,18 @@ def _rank_main(rank: int, tmp: str) -> None:
         results["skip"] = (opt.skipped_steps, all(torch.equal(a, p.full_tensor())
                                                   for a, p in zip(before, model.parameters())))
 
+        # Resharding checkpoints: one saved by 1 process loads into 2 and trains on; one saved
+        # here by 2 processes is loaded by 1 process afterwards (the fixture).
+        model = _fsdp_model()
+        opt = rmsprop.RMSprop(model.parameters(), **KNOBS)
+        _resume(model, opt, out / "dcp-world1")
+        _train(model, opt, batches[STEPS:], rank)
+        results["one-to-two"] = [p.full_tensor() for p in model.parameters()]
+        model = _fsdp_model()
+        opt = rmsprop.RMSprop(model.parameters(), **KNOBS)
+        _train(model, opt, batches[:STEPS], rank)
+        _checkpoint(model, opt, out / "dcp-world2")
+
         torch.save(results, out / f"rank{rank}.pt")
         dist.destroy_process_group()
     except Exception:
@@ -130,11 +190,10 @@ def _rank_main(rank: int, tmp: str) -> None:
         raise
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist")
+def _launch(tmp: Path, target, argsets: list[tuple]) -> None:
+    """Start one process per argument tuple, wait (bounded), kill leftovers, fail with tracebacks."""
     context = mp.get_context("spawn")
-    procs = [context.Process(target=_rank_main, args=(rank, str(tmp))) for rank in range(WORLD)]
+    procs = [context.Process(target=target, args=args) for args in argsets]
     for p in procs:
         p.start()
     try:
@@ -145,10 +204,21 @@ def ranks(tmp_path_factory):
             if p.is_alive():
                 p.kill()
                 p.join()
-    errors = [e.read_text() for e in sorted(tmp.glob("rank*.error"))]
+    errors = [e.read_text() for e in sorted(tmp.glob("*.error"))]
     if errors or any(p.exitcode != 0 for p in procs):
-        pytest.fail(f"a rank failed (exit codes {[p.exitcode for p in procs]}):\n" + "\n".join(errors))
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+        pytest.fail(f"a process failed (exit codes {[p.exitcode for p in procs]}):\n" + "\n".join(errors))
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    _launch(tmp, _one_rank, [(0, str(tmp), "save")])
+    _launch(tmp, _rank_main, [(rank, str(tmp)) for rank in range(WORLD)])
+    _launch(tmp, _one_rank, [(0, str(tmp), "load")])
+    results = [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for r in results:
+        r["two-to-one"] = torch.load(tmp / "two-to-one.pt", weights_only=True)
+    return results
 
 
 def _single_process(steps: int) -> list[torch.Tensor]:
@@ -157,7 +227,8 @@ def _single_process(steps: int) -> list[torch.Tensor]:
     return _params(model)
 
 
-@pytest.mark.parametrize("scenario", ["ddp", "zero", "dcp", *(f"fsdp-{path}" for path in PATHS)])
+@pytest.mark.parametrize("scenario", ["ddp", "zero", "dcp", *(f"fsdp-{path}" for path in PATHS),
+                                      "one-to-two", "two-to-one"])
 def test_distributed_training_equals_one_process_on_the_full_batch(ranks, scenario):
     expected = _single_process(STEPS + MORE)
     for rank in ranks:
