@@ -9,6 +9,8 @@ traceback; processes are killed if they outlive the timeout.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -254,3 +256,21 @@ def test_distributed_checkpoint_carries_the_groups_knobs(ranks):
     assert group["lr"] == KNOBS["lr"] and group["momentum"] == 0.9 and group["centered"] is True
     assert group["preset"] == "torch" and group["skipped_steps"] == 0
 
+
+
+@pytest.mark.slow  # torchrun's own start-up and rendezvous: slow here, and covered in-process above
+@pytest.mark.parametrize("example", ["ddp_train.py", "fsdp2_train.py"])
+def test_torchrun_examples_train_on_two_cpu_processes(example, tmp_path):
+    script = Path(__file__).resolve().parent.parent / "examples" / example
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = [str(torchrun), "--standalone", "--nproc-per-node", "2", str(script), "--steps", "20"]
+    if example == "fsdp2_train.py":
+        args += ["--checkpoint", str(tmp_path / "ckpt")]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step   19" in done.stdout
+    if example == "ddp_train.py":
+        assert "2 processes, identical models after 20 steps" in done.stdout
+    else:
+        assert "(32, 16) of its square_avg on this process" in done.stdout
+        assert any((tmp_path / "ckpt").iterdir())
