@@ -160,6 +160,14 @@ def _rank_main(rank: int, tmp: str) -> None:
             results[f"fsdp-{path}"] = [p.full_tensor() for p in model.parameters()]
             results[f"fsdp-{path}-state"] = sorted(k for k, v in state.items() if isinstance(v, DTensor))
 
+        # A narrower state precision under FSDP2: the bf16 buffers are DTensors too.
+        model = _fsdp_model()
+        opt = rmsprop.RMSprop(model.parameters(), **KNOBS, state_precision="bf16")
+        _train(model, opt, batches, rank)
+        results["fsdp-bf16"] = [p.full_tensor() for p in model.parameters()]
+        state = opt.state[next(iter(model.parameters()))]
+        results["fsdp-bf16-state"] = sorted({str(v.dtype) for v in state.values() if isinstance(v, DTensor)})
+
         # nonfinite="skip" under FSDP2: a NaN in one rank's shard only skips the step on every rank.
         model = _model()
         fully_shard(model)
@@ -245,6 +253,17 @@ def test_distributed_training_equals_one_process_on_the_full_batch(ranks, scenar
 def test_fsdp2_state_is_sharded_like_the_parameters(ranks, path):
     for rank in ranks:
         assert rank[f"fsdp-{path}-state"] == ["grad_avg", "momentum_buffer", "square_avg"]
+
+
+def test_fsdp2_with_bf16_state_trains_like_one_process_with_bf16_state(ranks):
+    model = _model()
+    opt = rmsprop.RMSprop(model.parameters(), **KNOBS, state_precision="bf16")
+    _train(model, opt, _batches(STEPS + MORE))
+    for rank in ranks:
+        assert rank["fsdp-bf16-state"] == ["torch.bfloat16"]
+        for got, want in zip(rank["fsdp-bf16"], _params(model)):
+            # a gradient summed in another order can round a bf16 buffer the other way
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
 
 
 def test_fsdp2_skip_is_decided_on_all_ranks_together(ranks):
