@@ -8,6 +8,8 @@ in float64. The numbers (1)…(14) are those of :class:`rmsprop.RMSprop`.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -96,11 +98,11 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
         g = torch._foreach_neg(g)  # (1)
     if wd != 0:
         if hyper.decoupled_weight_decay:
-            torch._foreach_mul_(p, 1 - lr * wd)  # (2) θ ← θ·(1 − η·λ)
+            torch._foreach_mul_(p, _operand(1 - lr * wd, p))  # (2) θ ← θ·(1 − η·λ)
         else:
             g = torch._foreach_add(g, p, alpha=wd)  # (3) g ← g + λ·θ
 
-    torch._foreach_mul_(v, alpha)  # (4) v ← α·v + (1 − α)·g²
+    torch._foreach_mul_(v, _operand(alpha, v))  # (4) v ← α·v + (1 − α)·g²
     torch._foreach_addcmul_(v, g, g, value=1 - alpha)
     if m is not None:
         torch._foreach_lerp_(m, g, 1 - alpha)  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
@@ -115,19 +117,19 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
     if m_hat is not None:  # (7) r ← v̂ − ḡ̂²
         denom = torch._foreach_addcmul(v_hat, m_hat, m_hat, value=-1)
         if hyper.eps_in_sqrt:  # (8) d ← sqrt(max(r + ε, 0))
-            torch._foreach_add_(denom, eps)
+            _plus(denom, eps, inplace=True)
             torch._foreach_clamp_min_(denom, 0)
             torch._foreach_sqrt_(denom)
         else:  # (8) d ← sqrt(max(r, 0)) + ε
             torch._foreach_clamp_min_(denom, 0)
             torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, eps)
+            _plus(denom, eps, inplace=True)
     elif hyper.eps_in_sqrt:  # (8) d ← sqrt(v̂ + ε)
-        denom = torch._foreach_add(v_hat, eps)
+        denom = _plus(v_hat, eps, inplace=False)
         torch._foreach_sqrt_(denom)
     else:  # (8) d ← sqrt(v̂) + ε
         denom = torch._foreach_sqrt(v_hat)
-        torch._foreach_add_(denom, eps)
+        _plus(denom, eps, inplace=True)
 
     if b is None:  # (10) θ ← θ − η·u, u = g/d  (9)
         if tensor_lr:
@@ -136,14 +138,14 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
             torch._foreach_addcdiv_(p, g, denom, value=-lr)
         return
 
-    torch._foreach_mul_(b, mu)
+    torch._foreach_mul_(b, _operand(mu, b))
     if hyper.lr_in_momentum:
         if tensor_lr:  # (13) b ← μ·b + η·u
             torch._foreach_add_(b, torch._foreach_mul(torch._foreach_div(g, denom), lr))
         else:
             torch._foreach_addcdiv_(b, g, denom, value=lr)
         if hyper.nesterov:  # (14') θ ← θ − (η·u + μ·b)
-            inc = torch._foreach_mul(b, mu)
+            inc = torch._foreach_mul(b, _operand(mu, b))
             if tensor_lr:
                 torch._foreach_add_(inc, torch._foreach_mul(torch._foreach_div(g, denom), lr))
             else:
@@ -155,7 +157,7 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
 
     torch._foreach_addcdiv_(b, g, denom)  # (11) b ← μ·b + u
     if hyper.nesterov:  # (12') θ ← θ − η·(u + μ·b)
-        inc = torch._foreach_mul(b, mu)
+        inc = torch._foreach_mul(b, _operand(mu, b))
         torch._foreach_addcdiv_(inc, g, denom)
     else:  # (12) θ ← θ − η·b
         inc = b
@@ -166,6 +168,34 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
 
 
 _CPU_ONE = torch.tensor(1.0)  # read only
+
+# On CPU the Scalar overloads of _foreach_mul_/_foreach_add_ wrap the number
+# into a tensor once per tensor of the list (about 3 µs each: most of a small
+# model's step), while the Tensor overloads take one 0-d tensor for the whole
+# list. For float32 and float64 tensors a 0-d tensor of their own dtype holds
+# exactly the number the Scalar overload computes with, so the bits are the
+# same (tests/test_torch_dropin.py); narrower dtypes compute a Python number
+# at float32, which a 0-d tensor of theirs would round first: they keep it.
+_SAME_BITS = (torch.float32, torch.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(value: float, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(value, dtype=dtype)  # read only
+
+
+def _operand(x: float | Tensor, tensors: list[Tensor]) -> float | Tensor:
+    """``x`` for a multi-tensor op over ``tensors``, in its fastest exact form."""
+    if isinstance(x, Tensor) or not tensors or not tensors[0].is_cpu or tensors[0].dtype not in _SAME_BITS:
+        return x
+    return _constant(float(x), tensors[0].dtype)
+
+
+def _plus(tensors: list[Tensor], x: float | Tensor, inplace: bool) -> list[Tensor] | None:
+    """``tensors + x``, in place or not (the Tensor overload is fast only with an explicit alpha)."""
+    x = _operand(x, tensors)
+    add = torch._foreach_add_ if inplace else torch._foreach_add
+    return add(tensors, x, alpha=1.0) if isinstance(x, Tensor) else add(tensors, x)
 
 
 def _real(tensors: list[Tensor]) -> list[Tensor]:
