@@ -314,3 +314,20 @@ def test_knobs_must_be_a_known_mode():
     params, sd = _saved_torch_state()
     with pytest.raises(ValueError, match="Invalid knobs value: 'mine'"):
         rmsprop.RMSprop(params).load_state_dict(sd, knobs="mine")
+
+
+def test_the_finite_check_is_exact_at_the_edges():
+    """Huge but finite gradients (whose norm overflows), fp16 sums past 65504,
+    empty and complex tensors: only a real NaN or ±Inf counts."""
+    from rmsprop.finite import finite_flags
+
+    cases = [
+        (torch.tensor([3e38, 3e38]), True),
+        (torch.tensor([6e4, 6e4], dtype=torch.float16), True),
+        (torch.tensor([1e-45, 0.0]), True),
+        (torch.zeros(0), True),
+        (torch.tensor([1.0, float("nan")]), False),
+        (torch.tensor([1.0, -float("inf")], dtype=torch.bfloat16), False),
+        (torch.tensor([1 + 1j, complex(float("inf"), 0)]), False),
+    ]
+    assert finite_flags([t for t, _ in cases]).tolist() == [ok for _, ok in cases]
