@@ -8,10 +8,12 @@ in float64. The numbers (1)…(14) are those of :class:`rmsprop.RMSprop`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from ..engine import Hyper, bias_correction_factor
+from ..engine import Hyper, bias_correction_factor, denominator_can_vanish
 from .grouping import by_device_and_dtype
 
 __all__ = ["foreach_step"]
@@ -115,6 +117,9 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
         denom = torch._foreach_sqrt(v_hat)
         torch._foreach_add_(denom, eps)
 
+    if denominator_can_vanish(hyper, denom[0].dtype):  # (9) u = 0 where d = 0
+        _zero_to_infinity(denom)
+
     if b is None:  # (10) θ ← θ − η·u, u = g/d  (9)
         if tensor_lr:
             torch._foreach_add_(p, torch._foreach_mul(torch._foreach_div(g, denom), -lr))
@@ -152,6 +157,36 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
 
 
 _CPU_ONE = torch.tensor(1.0)  # read only
+
+
+def _zero_to_infinity(denom: list[Tensor]) -> None:
+    """d ← +∞ where d = 0, in place, so that u = g/d is 0 there (line (9))."""
+    if denom[0].is_cpu:
+        _zero_to_infinity_by_search(denom)
+    else:
+        _zero_to_infinity_by_arithmetic(denom)
+
+
+def _zero_to_infinity_by_search(denom: list[Tensor]) -> None:
+    """On CPU: read the smallest d of each tensor (one pass, nothing allocated:
+    a new tensor costs CPU memory a pass of page faults) and rewrite only the
+    tensors that hold a zero, or a NaN (which could hide one). Reading a CPU
+    value back is no device sync."""
+    nonempty = [d for d in denom if d.numel()]
+    if not nonempty:
+        return
+    lowest = torch.stack([d.amin() for d in nonempty])
+    for i in (~(lowest > 0)).nonzero().flatten().tolist():
+        nonempty[i].masked_fill_(nonempty[i] == 0, math.inf)
+
+
+def _zero_to_infinity_by_arithmetic(denom: list[Tensor]) -> None:
+    """With no host read: d + (1/sign(d) − 1) is d where d > 0 (1/1 − 1 = 0)
+    and +∞ where d = 0 (1/0 − 1); NaN stays NaN."""
+    shift = torch._foreach_sign(denom)
+    torch._foreach_reciprocal_(shift)
+    torch._foreach_add_(shift, -1.0)
+    torch._foreach_add_(denom, shift)
 
 
 def _real(tensors: list[Tensor]) -> list[Tensor]:
