@@ -162,6 +162,11 @@ class RMSprop(Optimizer):
     Argument validation is PyTorch's, tightened in one place: ``alpha`` must
     lie in [0, 1] (PyTorch accepts any α ≥ 0).
 
+    A param group may mix devices and dtypes, as in PyTorch. A gradient whose
+    dtype differs from its parameter's (PyTorch's ``grad_dtype``) is cast to
+    the parameter's dtype before the step, on every path; PyTorch's own paths
+    disagree there, and fail with ``centered=True``.
+
     Example:
         >>> import torch, rmsprop
         >>> model = torch.nn.Linear(2, 1)
@@ -276,8 +281,11 @@ class RMSprop(Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
+            grad = p.grad
+            if grad.is_sparse:
                 raise RuntimeError("RMSprop does not support sparse gradients")
+            if grad.dtype != p.dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
+                grad = grad.to(p.dtype)
             state = self.state[p]
             if not state:
                 state.update(self._new_state(p, group))
@@ -289,7 +297,7 @@ class RMSprop(Optimizer):
                 state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
             params.append(p)
-            grads.append(p.grad)
+            grads.append(grad)
             square_avgs.append(state["square_avg"])
             steps.append(state["step"])
             if group["momentum"] != 0:
