@@ -160,12 +160,13 @@ class Trial:
     """One path's run of a case: its own fresh parameters (the spec's layout and
     values), an optimizer, and the case's gradients built anew at every step."""
 
-    def __init__(self, specs: list[Spec], knobs: dict[str, Any], seed: int, **path: Any):
+    def __init__(self, specs: list[Spec], knobs: dict[str, Any], seed: int, cls: type | None = None,
+                 **path: Any):
         import rmsprop
 
         self.specs, self.seed = specs, seed
         self.params = [build(s, s.profile, seed + i) for i, s in enumerate(specs)]
-        self.opt = rmsprop.RMSprop(self.params, **knobs, **path)
+        self.opt = (cls or rmsprop.RMSprop)(self.params, **knobs, **path)
 
     def grads(self, step: int, profiles: list[str | None]) -> list[torch.Tensor | None]:
         """The step's gradients: the parameter's layout on even steps, contiguous on odd ones."""
@@ -217,7 +218,7 @@ def overflows(trial: Trial, step: int, profiles: list[str | None], knobs: dict[s
         q.grad = None if g is None else _wide(g)
         if g is not None:
             g = -q.grad if knobs["maximize"] else q.grad
-            if knobs["weight_decay"] and not knobs["decoupled_weight_decay"]:
+            if knobs["weight_decay"] and not knobs.get("decoupled_weight_decay"):
                 g = g + knobs["weight_decay"] * q.detach()
             witnesses += [as_real(g).abs() ** 2]
     opt.step()
@@ -225,7 +226,7 @@ def overflows(trial: Trial, step: int, profiles: list[str | None], knobs: dict[s
         if g is None:
             continue
         state = opt.state[q]
-        c = 1 - knobs["alpha"] ** state["step"].item() if knobs["bias_correction"] else 1.0
+        c = 1 - knobs["alpha"] ** state["step"].item() if knobs.get("bias_correction") else 1.0
         witnesses += [q.detach(), state["square_avg"] / c]
         if "grad_avg" in state:
             witnesses.append(as_real(state["grad_avg"] / c) ** 2)

@@ -33,6 +33,7 @@ import rmsprop
 from hostile import (
     DTYPES,
     PROFILES,
+    REAL_DTYPES,
     Spec,
     Trial,
     as_real,
@@ -94,6 +95,53 @@ def test_foreach_equals_reference_bit_for_bit_and_both_stay_sane(data):
 @given(data=st.data())
 def test_foreach_equals_reference_bit_for_bit_and_both_stay_sane_many(data):
     _check_reference_against_foreach(data)
+
+
+def _torch_knobs():
+    """The knobs torch.optim.RMSprop has, extreme values included."""
+    return knobs().map(lambda k: {key: k[key] for key in
+                                  ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")})
+
+
+def _check_against_torch(data) -> None:
+    case_specs = data.draw(specs(dtypes=REAL_DTYPES), label="specs")
+    case_knobs = data.draw(_torch_knobs(), label="knobs")
+    profiles = data.draw(grad_profiles(len(case_specs), STEPS), label="gradient profiles")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    foreach = data.draw(st.booleans(), label="foreach")
+    ours = Trial(case_specs, case_knobs, seed, foreach=foreach)
+    theirs = Trial(case_specs, case_knobs, seed, cls=torch.optim.RMSprop, foreach=foreach)
+    sane = True  # finite inputs and no overflow so far
+    for t, step_profiles in enumerate(profiles):
+        sane = sane and not overflows(ours, t, step_profiles, case_knobs) and all(
+            finite(x) for x in ours.tensors() + ours.grads(t, step_profiles))
+        ours.step(t, step_profiles)
+        theirs.step(t, step_profiles)
+        for i, (p, q) in enumerate(zip(ours.params, theirs.params)):
+            where = f"step {t}, parameter {i}"
+            torch_finite = torch.isfinite(q.detach())
+            assert torch.equal(p.detach()[torch_finite], q.detach()[torch_finite]), where
+            for key, value in theirs.opt.state.get(q, {}).items():
+                mine = ours.opt.state[p][key]
+                if key == "step":
+                    assert torch.equal(mine, value), where
+                else:
+                    assert torch.equal(mine[torch_finite], value[torch_finite]), f"{where}, {key}"
+            if sane:  # where PyTorch gives NaN or ±Inf from finite input (0/0, g/0), we do not
+                assert finite(p.detach()), where
+
+
+@examples(80)
+@given(data=st.data())
+def test_equals_torch_wherever_torchs_result_is_finite(data):
+    _check_against_torch(data)
+
+
+@pytest.mark.slow
+@examples(2000)
+@given(data=st.data())
+def test_equals_torch_wherever_torchs_result_is_finite_many(data):
+    _check_against_torch(data)
 
 
 # The fused path compiles once per structure (knob switches, which of λ and μ
