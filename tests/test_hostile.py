@@ -144,6 +144,31 @@ def test_equals_torch_wherever_torchs_result_is_finite_many(data):
     _check_against_torch(data)
 
 
+@pytest.mark.parametrize("dtype", REAL_DTYPES, ids=[str(d)[6:] for d in REAL_DTYPES])
+@pytest.mark.parametrize("foreach", [False, True], ids=["reference", "foreach"])
+def test_the_rule_for_d_equal_to_zero_touches_nothing_else(dtype, foreach):
+    """ε = 0 and gradients down to the smallest subnormal: wherever d > 0,
+    however small, u = g/d as in PyTorch (bit for bit); only d = 0 gives 0,
+    where PyTorch gives NaN (g = 0) or ±Inf."""
+    info = torch.finfo(dtype)
+    tiny = info.smallest_normal  # g² of sqrt(tiny)·4 is normal: d > 0, as small as it gets
+    magnitudes = [0.0, tiny * info.eps, tiny, 4 * tiny**0.5, tiny**0.25, info.eps, 1.0]
+    grads = torch.tensor([sign * m for m in magnitudes for sign in (1, -1)], dtype=torch.float64).to(dtype)
+    results = []
+    for cls in (rmsprop.RMSprop, torch.optim.RMSprop):
+        p = torch.nn.Parameter(torch.ones_like(grads))
+        opt = cls([p], lr=0.01, alpha=0.5, eps=0.0, foreach=foreach)
+        for _ in range(2):
+            p.grad = grads.clone()
+            opt.step()
+        results.append(p.detach())
+    ours, theirs = results
+    finite = torch.isfinite(theirs)
+    assert torch.equal(ours[finite], theirs[finite])
+    assert torch.isfinite(ours).all() and not finite.all()  # PyTorch's 0/0 (at least) is NaN
+    assert torch.equal(ours[grads == 0], torch.ones_like(ours[grads == 0]))  # no step
+
+
 # The fused path compiles once per structure (knob switches, which of λ and μ
 # are zero, the tensors' shapes, strides and dtype), a few seconds each: its
 # cases keep one set of tensors per dtype and three structures, and let the
