@@ -84,11 +84,11 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
         g = torch._foreach_neg(g)  # (1)
     if wd != 0:
         if hyper.decoupled_weight_decay:
-            torch._foreach_mul_(p, 1 - lr * wd)  # (2) θ ← θ·(1 − η·λ)
+            _scale_(p, 1 - lr * wd)  # (2) θ ← θ·(1 − η·λ)
         else:
             g = torch._foreach_add(g, p, alpha=wd)  # (3) g ← g + λ·θ
 
-    torch._foreach_mul_(v, alpha)  # (4) v ← α·v + (1 − α)·g²
+    _scale_(v, alpha)  # (4) v ← α·v + (1 − α)·g²
     torch._foreach_addcmul_(v, g, g, value=1 - alpha)
     if m is not None:
         torch._foreach_lerp_(m, g, 1 - alpha)  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
@@ -127,7 +127,7 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
             torch._foreach_addcdiv_(p, g, denom, value=-lr)
         return
 
-    torch._foreach_mul_(b, mu)
+    _scale_(b, mu)
     if hyper.lr_in_momentum:
         if tensor_lr:  # (13) b ← μ·b + η·u
             torch._foreach_add_(b, torch._foreach_mul(torch._foreach_div(g, denom), lr))
@@ -157,6 +157,21 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
 
 
 _CPU_ONE = torch.tensor(1.0)  # read only
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _scale_(tensors: list[Tensor], factor) -> None:
+    """x ← x·factor in place, rounded as ``Tensor.mul_`` (and the engine) round it.
+
+    PyTorch's in-place foreach multiply by a number rounds the number to a
+    float16 or bfloat16 tensor's dtype first (on CPU, torch 2.13: α = 0.99
+    becomes 0.98828125 in bfloat16), where every other op keeps it at float
+    precision; those dtypes take the out-of-place op, which does not.
+    """
+    if tensors[0].dtype in _HALF:
+        torch._foreach_copy_(tensors, torch._foreach_mul(tensors, factor))
+    else:
+        torch._foreach_mul_(tensors, factor)
 
 
 def _zero_to_infinity(denom: list[Tensor]) -> None:
