@@ -18,12 +18,13 @@ those kernels round differently from the same formula written with ``*`` and
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["Hyper", "NewState", "rmsprop_update", "bias_correction_factor"]
+__all__ = ["Hyper", "NewState", "rmsprop_update", "bias_correction_factor", "denominator_can_vanish"]
 
 Scalar = float | Tensor
 
@@ -32,9 +33,10 @@ class Hyper(NamedTuple):
     """The resolved knobs of one param group, as the engine reads them.
 
     Numbers are Python scalars, so no value is rounded below the parameter's
-    precision, or 0-d tensors: ``lr`` when the group is capturable, and every
-    nonzero value on the fused path, so that changing one never recompiles.
-    A Python zero ``weight_decay`` or ``momentum`` switches its lines off.
+    precision, or 0-d tensors: ``lr`` when the group is capturable, and on the
+    fused path every value but a zero ``weight_decay`` or ``momentum``, so that
+    changing one never recompiles. A Python zero ``weight_decay`` or
+    ``momentum`` switches its lines off.
     """
 
     lr: Scalar
@@ -68,6 +70,23 @@ def bias_correction_factor(alpha: float, step: Tensor, like: Tensor) -> Tensor:
     dtype = torch.promote_types(like.dtype, torch.float32)
     t = step.to(device=like.device, dtype=dtype)
     return 1 - torch.pow(torch.as_tensor(alpha, dtype=dtype, device=like.device), t)
+
+
+def denominator_can_vanish(hyper: Hyper, dtype: torch.dtype) -> bool:
+    """Whether d of line (8) can be exactly 0 for tensors of ``dtype`` (real),
+    so that (9) needs its rule u = 0 where d = 0.
+
+    Decided from the knobs alone, never from the data. Every form has d ≥ ε,
+    so d > 0 once ε is a normal number of ``dtype``, except centered with ε
+    inside the root, where rounding can push r + ε below 0 and the clamp
+    makes it 0. A smaller ε can round to 0 (PyTorch's 1e-8 does in float16,
+    whose smallest number is 6e-8). A tensor ε (the fused path) is not read:
+    there the rule is compiled into the same pass.
+    """
+    eps = hyper.eps
+    if isinstance(eps, Tensor) or (hyper.centered and hyper.eps_in_sqrt):
+        return True
+    return eps < torch.finfo(dtype).tiny
 
 
 def _is_zero(x: Scalar) -> bool:
@@ -170,7 +189,11 @@ def rmsprop_update(
     else:  # (8) d ← sqrt(v̂) + ε
         denom = v_hat.sqrt().add(eps)
 
-    # (9) u ← g/d is folded into addcdiv below, as PyTorch does.
+    # (9) u ← g/d, with u = 0 where d = 0 (PyTorch: NaN for 0/0, ±Inf for g/0).
+    # Dividing by +∞ instead of 0 gives that 0 and keeps the quotient folded
+    # into addcdiv below, as PyTorch does; where d > 0 nothing changes.
+    if denominator_can_vanish(hyper, denom.dtype):
+        denom = torch.where(denom == 0, math.inf, denom)
     if _is_zero(mu):
         return NewState(_addcdiv(param, g, denom, -lr), v, m, None)  # (10) θ ← θ − η·u
 

@@ -96,7 +96,7 @@ class RMSprop(Optimizer):
         (7)  r ← v̂ − ḡ̂²                              if centered, else r ← v̂
         (8)  d ← sqrt(max(r + ε, 0))                 if eps_in_sqrt
              d ← sqrt(max(r, 0)) + ε                 otherwise
-        (9)  u ← g/d
+        (9)  u ← g/d,  and u ← 0 where d = 0
              μ = 0:
         (10) θ ← θ − η·u
              μ > 0, η outside the buffer (lr_in_momentum=False, PyTorch):
@@ -113,6 +113,14 @@ class RMSprop(Optimizer):
     wherever PyTorch's result is finite. With a learning rate that changes
     between steps, (12) and (14) differ: η outside rescales the whole history,
     η inside only the new term.
+
+    u = 0 where d = 0 in (9) departs from PyTorch's formula, which gives NaN
+    there for g = 0 (0/0) and ±Inf otherwise: no scale, no step.
+    d = 0 needs ε to be 0 at the parameter's precision (ε = 0, or the default
+    1e-8 in float16, where a zero gradient, or one below about 2e-3 on a fresh
+    state, otherwise gives a NaN or infinite parameter), or centered with
+    ``eps_in_sqrt``, where the clamp in (8) can make d 0. Like the clamp, it
+    changes nothing wherever PyTorch's result is finite.
 
     Args:
         params: iterable of parameters or named parameters to optimize, or of
@@ -177,6 +185,11 @@ class RMSprop(Optimizer):
 
     Argument validation is PyTorch's, tightened in one place: ``alpha`` must
     lie in [0, 1] (PyTorch accepts any α ≥ 0).
+
+    A param group may mix devices and dtypes, as in PyTorch. A gradient whose
+    dtype differs from its parameter's (PyTorch's ``grad_dtype``) is cast to
+    the parameter's dtype before the step, on every path; PyTorch's own paths
+    disagree there, and fail with ``centered=True``.
 
     Example:
         >>> import torch, rmsprop
@@ -382,11 +395,14 @@ class RMSprop(Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
+            grad = p.grad
+            if grad.is_sparse:
                 raise RuntimeError("RMSprop does not support sparse gradients")
+            if grad.dtype != p.dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
+                grad = grad.to(p.dtype)
             state = self._ensure_state(p, group)
             params.append(p)
-            grads.append(p.grad)
+            grads.append(grad)
             square_avgs.append(state["square_avg"])
             steps.append(state["step"])
             if group["momentum"] != 0:

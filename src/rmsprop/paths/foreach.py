@@ -9,11 +9,12 @@ in float64. The numbers (1)…(14) are those of :class:`rmsprop.RMSprop`.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
 
-from ..engine import Hyper, bias_correction_factor
+from ..engine import Hyper, bias_correction_factor, denominator_can_vanish
 from ..precision import working_dtype, write_param_
 from .grouping import by_device_and_dtype
 
@@ -98,11 +99,11 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
         g = torch._foreach_neg(g)  # (1)
     if wd != 0:
         if hyper.decoupled_weight_decay:
-            torch._foreach_mul_(p, _operand(1 - lr * wd, p))  # (2) θ ← θ·(1 − η·λ)
+            _scale_(p, 1 - lr * wd)  # (2) θ ← θ·(1 − η·λ)
         else:
             g = torch._foreach_add(g, p, alpha=wd)  # (3) g ← g + λ·θ
 
-    torch._foreach_mul_(v, _operand(alpha, v))  # (4) v ← α·v + (1 − α)·g²
+    _scale_(v, alpha)  # (4) v ← α·v + (1 − α)·g²
     torch._foreach_addcmul_(v, g, g, value=1 - alpha)
     if m is not None:
         torch._foreach_lerp_(m, g, 1 - alpha)  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
@@ -131,6 +132,9 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
         denom = torch._foreach_sqrt(v_hat)
         _plus(denom, eps, inplace=True)
 
+    if denominator_can_vanish(hyper, denom[0].dtype):  # (9) u = 0 where d = 0
+        _zero_to_infinity(denom)
+
     if b is None:  # (10) θ ← θ − η·u, u = g/d  (9)
         if tensor_lr:
             torch._foreach_add_(p, torch._foreach_mul(torch._foreach_div(g, denom), -lr))
@@ -138,7 +142,7 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
             torch._foreach_addcdiv_(p, g, denom, value=-lr)
         return
 
-    torch._foreach_mul_(b, _operand(mu, b))
+    _scale_(b, mu)
     if hyper.lr_in_momentum:
         if tensor_lr:  # (13) b ← μ·b + η·u
             torch._foreach_add_(b, torch._foreach_mul(torch._foreach_div(g, denom), lr))
@@ -168,6 +172,51 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
 
 
 _CPU_ONE = torch.tensor(1.0)  # read only
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _scale_(tensors: list[Tensor], factor) -> None:
+    """x ← x·factor in place, rounded as ``Tensor.mul_`` (and the engine) round it.
+
+    PyTorch's in-place foreach multiply by a number rounds the number to a
+    float16 or bfloat16 tensor's dtype first (on CPU, torch 2.13: α = 0.99
+    becomes 0.98828125 in bfloat16), where every other op keeps it at float
+    precision; those dtypes take the out-of-place op, which does not.
+    """
+    if tensors[0].dtype in _HALF:
+        torch._foreach_copy_(tensors, torch._foreach_mul(tensors, factor))
+    else:
+        torch._foreach_mul_(tensors, _operand(factor, tensors))
+
+
+def _zero_to_infinity(denom: list[Tensor]) -> None:
+    """d ← +∞ where d = 0, in place, so that u = g/d is 0 there (line (9))."""
+    if denom[0].is_cpu:
+        _zero_to_infinity_by_search(denom)
+    else:
+        _zero_to_infinity_by_arithmetic(denom)
+
+
+def _zero_to_infinity_by_search(denom: list[Tensor]) -> None:
+    """On CPU: read the smallest d of each tensor (one pass, nothing allocated:
+    a new tensor costs CPU memory a pass of page faults) and rewrite only the
+    tensors that hold a zero, or a NaN (which could hide one). Reading a CPU
+    value back is no device sync."""
+    nonempty = [d for d in denom if d.numel()]
+    if not nonempty:
+        return
+    lowest = torch.stack([d.amin() for d in nonempty])
+    for i in (~(lowest > 0)).nonzero().flatten().tolist():
+        nonempty[i].masked_fill_(nonempty[i] == 0, math.inf)
+
+
+def _zero_to_infinity_by_arithmetic(denom: list[Tensor]) -> None:
+    """With no host read: d + (1/sign(d) − 1) is d where d > 0 (1/1 − 1 = 0)
+    and +∞ where d = 0 (1/0 − 1); NaN stays NaN."""
+    shift = torch._foreach_sign(denom)
+    torch._foreach_reciprocal_(shift)
+    torch._foreach_add_(shift, -1.0)
+    torch._foreach_add_(denom, shift)
 
 # On CPU the Scalar overloads of _foreach_mul_/_foreach_add_ wrap the number
 # into a tensor once per tensor of the list (about 3 µs each: most of a small

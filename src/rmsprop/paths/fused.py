@@ -13,8 +13,9 @@ What is compiled in, and what is a runtime value:
   dtype and device;
 - runtime, as 0-d float64 tensors, so that derived values such as 1 − α are
   exact before they meet the tensors, as with Python numbers on the other
-  paths: lr, alpha, eps and the nonzero weight_decay and momentum. A
-  learning-rate schedule, or a changed alpha, never recompiles.
+  paths: lr, alpha and eps (zero or not) and the nonzero weight_decay and
+  momentum. A learning-rate schedule, even one through 0, or a changed alpha,
+  never recompiles.
 
 The tensors are updated in float64 for float64 parameters and in float32
 otherwise (float16 and bfloat16 parameters are rounded once, when written back).
@@ -144,14 +145,20 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if real == torch.float64 else torch.float32
 
 
+# A zero weight decay or momentum switches its formula lines off: structure,
+# compiled in. Every other number, zero or not, is a runtime value, so a
+# schedule through lr = 0 (a warm-up from 0) never recompiles.
+_STRUCTURAL_ZEROS = ("weight_decay", "momentum")
+
+
 def _runtime_hyper(hyper: Hyper, device: torch.device) -> Hyper:
-    """Nonzero numbers become 0-d float64 tensors (zeros stay Python numbers:
-    they are structure, not values)."""
+    """Numbers become 0-d float64 tensors, except a zero weight decay or
+    momentum, which stays a Python zero."""
 
     def value(role: str, x: Any) -> Any:
         if isinstance(x, Tensor):
             return x.to(device=device, dtype=torch.float64)
-        if x == 0:
+        if x == 0 and role in _STRUCTURAL_ZEROS:
             return 0.0
         return _scalar(role, float(x), device)
 

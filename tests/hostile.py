@@ -1,0 +1,241 @@
+"""Hostile input for the property tests: hypothesis strategies and builders.
+
+A case is data (a list of tensor specs, the knobs, the gradient profile of
+each step); the builders turn it into tensors, so that every path runs the
+same case on its own fresh copies. Values are drawn in float64 and rounded
+to the tensor's dtype, clipped to its finite range: an infinite or NaN input
+is the non-finite policy's business, not this file's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+REAL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+DTYPES = (*REAL_DTYPES, torch.complex64)
+
+# Fixed example counts and no example database: `make test` is deterministic.
+_COMMON = dict(deadline=None, derandomize=True, database=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def examples(n: int) -> settings:
+    return settings(max_examples=n, **_COMMON)
+
+
+# How the values of a tensor are drawn (magnitudes before rounding to the dtype).
+PROFILES = ("normal", "huge", "tiny", "subnormal", "zero", "mixed")
+LAYOUTS = ("contiguous", "transposed", "sliced", "channels_last")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parameter: its shape, memory layout, dtype and value profile."""
+
+    shape: tuple[int, ...]
+    layout: str
+    dtype: torch.dtype
+    profile: str
+
+
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
+
+
+def values(shape: tuple[int, ...], dtype: torch.dtype, profile: str, seed: int) -> torch.Tensor:
+    """Contiguous values of ``dtype``: random signs, magnitudes by ``profile``,
+    always finite."""
+    gen = torch.Generator().manual_seed(seed)
+    real = real_dtype(dtype)
+    info = torch.finfo(real)
+    n = 2 if dtype.is_complex else 1
+    x = torch.randn((*shape, n), generator=gen, dtype=torch.float64)
+    if profile == "huge":
+        x *= 1e30
+    elif profile == "tiny":
+        x *= 1e-30
+    elif profile == "subnormal":
+        x = x.sign() * torch.rand(x.shape, generator=gen, dtype=torch.float64) * info.smallest_normal
+    elif profile == "zero":
+        x = x.sign() * 0.0  # ±0
+    elif profile == "mixed":  # every decade from 1e-30 to 1e30, with zeros
+        decade = torch.randint(-30, 31, x.shape, generator=gen).double()
+        x = x * 10.0**decade * (torch.rand(x.shape, generator=gen) > 0.2)
+    x = x.clamp(-info.max / 2, info.max / 2).to(real)
+    return torch.view_as_complex(x) if dtype.is_complex else x.squeeze(-1)
+
+
+def empty_with_layout(shape: tuple[int, ...], layout: str, dtype: torch.dtype) -> torch.Tensor:
+    """A fresh tensor of ``shape`` whose strides are those of ``layout``."""
+    if layout == "transposed" and len(shape) >= 2:
+        return torch.empty(shape[::-1], dtype=dtype).permute(*reversed(range(len(shape))))
+    if layout == "sliced" and len(shape) >= 1:  # every other element: not dense
+        return torch.empty((*shape[:-1], 2 * shape[-1]), dtype=dtype)[..., ::2]
+    if layout == "channels_last" and len(shape) == 4:
+        return torch.empty(shape, dtype=dtype).to(memory_format=torch.channels_last)
+    return torch.empty(shape, dtype=dtype)
+
+
+def build(spec: Spec, profile: str, seed: int, grad: bool = False) -> torch.Tensor:
+    """The tensor of ``spec`` (a leaf Parameter, or a gradient when ``grad``)
+    holding the values of ``profile``; the same arguments give the same bits."""
+    t = empty_with_layout(spec.shape, spec.layout, spec.dtype)
+    t.copy_(values(spec.shape, spec.dtype, profile, seed))
+    return t if grad else torch.nn.Parameter(t)
+
+
+@st.composite
+def specs(draw, dtypes=DTYPES, max_tensors: int = 3) -> list[Spec]:
+    out = []
+    for _ in range(draw(st.integers(1, max_tensors))):
+        layout = draw(st.sampled_from(LAYOUTS))
+        ndim = 4 if layout == "channels_last" else draw(st.integers(0 if layout == "contiguous" else 1, 3))
+        shape = tuple(draw(st.lists(st.integers(0, 4), min_size=ndim, max_size=ndim)))
+        out.append(Spec(shape, layout, draw(st.sampled_from(dtypes)), draw(st.sampled_from(PROFILES))))
+    return out
+
+
+@st.composite
+def knobs(draw, lr=(0.0, 1e-3, 0.1, 1.0), eps=(0.0, 1e-30, 1e-8, 1e-3),
+          weight_decay=(0.0, 0.1, 1e4), momentum=(0.0, 0.5, 0.9)) -> dict[str, Any]:
+    """Every knob, extreme values included: α = 0 and 1, lr = 0, ε = 0, λ = 1e4."""
+    alpha = draw(st.sampled_from((0.0, 0.5, 0.9, 0.99, 1.0)))
+    mu = draw(st.sampled_from(momentum))
+    return dict(
+        lr=draw(st.sampled_from(lr)),
+        alpha=alpha,
+        eps=draw(st.sampled_from(eps)),
+        weight_decay=draw(st.sampled_from(weight_decay)),
+        momentum=mu,
+        centered=draw(st.booleans()),
+        eps_in_sqrt=draw(st.booleans()),
+        lr_in_momentum=draw(st.booleans()),
+        nesterov=mu > 0 and draw(st.booleans()),
+        decoupled_weight_decay=draw(st.booleans()),
+        bias_correction=alpha < 1 and draw(st.booleans()),
+        maximize=draw(st.booleans()),
+        initial_square_avg=draw(st.sampled_from((0.0, 1.0))),
+    )
+
+
+# Per step, per tensor: a gradient profile, or None for no gradient this step.
+def grad_profiles(n_tensors: int, steps: int):
+    return st.lists(st.lists(st.one_of(st.none(), st.sampled_from(PROFILES)), min_size=n_tensors,
+                             max_size=n_tensors), min_size=steps, max_size=steps)
+
+
+def finite(t: torch.Tensor | None) -> bool:
+    return t is None or bool(torch.isfinite(t).all())
+
+
+def has_nan(t: torch.Tensor | None) -> bool:
+    return t is not None and bool(torch.isnan(t).any())
+
+
+def as_real(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def overflow_limit(dtype: torch.dtype) -> float:
+    """A value beyond this, in exact arithmetic, may overflow the dtype on the
+    way (a margin of 64 covers the rounding between paths)."""
+    return torch.finfo(real_dtype(dtype)).max / 64
+
+
+def beyond(t: torch.Tensor | None, limit: float) -> bool:
+    return t is not None and t.numel() > 0 and not bool((as_real(t).abs() <= limit).all())
+
+
+
+
+_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer", "step")
+
+
+class Trial:
+    """One path's run of a case: its own fresh parameters (the spec's layout and
+    values), an optimizer, and the case's gradients built anew at every step."""
+
+    def __init__(self, specs: list[Spec], knobs: dict[str, Any], seed: int, cls: type | None = None,
+                 **path: Any):
+        import rmsprop
+
+        self.specs, self.seed = specs, seed
+        self.params = [build(s, s.profile, seed + i) for i, s in enumerate(specs)]
+        self.opt = (cls or rmsprop.RMSprop)(self.params, **knobs, **path)
+
+    def grads(self, step: int, profiles: list[str | None]) -> list[torch.Tensor | None]:
+        """The step's gradients: the parameter's layout on even steps, contiguous on odd ones."""
+        out = []
+        for i, (spec, profile) in enumerate(zip(self.specs, profiles)):
+            if profile is None:
+                out.append(None)
+                continue
+            layout = spec.layout if step % 2 == 0 else "contiguous"
+            out.append(build(Spec(spec.shape, layout, spec.dtype, profile), profile,
+                             self.seed + 1000 * (step + 1) + i, grad=True))
+        return out
+
+    def step(self, step: int, profiles: list[str | None]) -> None:
+        for p, g in zip(self.params, self.grads(step, profiles)):
+            p.grad = g
+        self.opt.step()
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Everything a step writes, in a fixed order: θ, then its state."""
+        out = []
+        for p in self.params:
+            out.append(p.detach())
+            state = self.opt.state.get(p, {})
+            out += [state[k] for k in _BUFFERS if k in state]
+        return out
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.complex128 if x.is_complex() else torch.float64)
+
+
+def overflows(trial: Trial, step: int, profiles: list[str | None], knobs: dict[str, Any]) -> bool:
+    """Whether the coming step of ``trial`` takes a value out of its dtype's
+    range in exact arithmetic: the step is replayed in float64 from the same
+    state, and the gradient after weight decay, its square, v̂, ḡ̂², θ and b
+    are compared with :func:`overflow_limit`."""
+    import rmsprop
+
+    params = [torch.nn.Parameter(_wide(p.detach()).clone()) for p in trial.params]
+    opt = rmsprop.RMSprop(params, **knobs, foreach=False)
+    for p, q in zip(trial.params, params):
+        if p in trial.opt.state:
+            opt.state[q] = {k: v.clone() if k == "step" else _wide(v).clone()
+                            for k, v in trial.opt.state[p].items()}
+    grads = trial.grads(step, profiles)
+    witnesses = []
+    for q, g in zip(params, grads):
+        q.grad = None if g is None else _wide(g)
+        if g is not None:
+            g = -q.grad if knobs["maximize"] else q.grad
+            if knobs["weight_decay"] and not knobs.get("decoupled_weight_decay"):
+                g = g + knobs["weight_decay"] * q.detach()
+            witnesses += [as_real(g).abs() ** 2]
+    opt.step()
+    for q, g in zip(params, grads):
+        if g is None:
+            continue
+        state = opt.state[q]
+        c = 1 - knobs["alpha"] ** state["step"].item() if knobs.get("bias_correction") else 1.0
+        witnesses += [q.detach(), state["square_avg"] / c]
+        if "grad_avg" in state:
+            witnesses.append(as_real(state["grad_avg"] / c) ** 2)
+        if "momentum_buffer" in state:
+            witnesses.append(state["momentum_buffer"])
+    limit = min(overflow_limit(s.dtype) for s in trial.specs)
+    return any(beyond(w, limit) for w in witnesses)
+
+
+__all__ = ["DTYPES", "REAL_DTYPES", "PROFILES", "LAYOUTS", "Spec", "Trial", "examples", "values", "build",
+           "specs", "knobs", "grad_profiles", "finite", "has_nan", "as_real", "overflow_limit",
+           "overflows", "beyond", "real_dtype", "empty_with_layout"]

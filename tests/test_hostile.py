@@ -1,0 +1,336 @@
+"""Hostile input, tested by property (``hypothesis``): random shapes (0-size
+included), layouts (transposed, sliced, channels_last), dtypes (float16,
+bfloat16, float32, float64, complex64), every knob, extreme values (gradients
+of 1e±30, subnormals, exact zeros; α = 0 and 1, lr = 0, ε = 0, λ = 1e4).
+
+What is promised, for finite inputs:
+
+- the foreach path equals the reference path bit for bit: both run PyTorch's
+  own kernels in the same order at the parameter's precision, so any
+  difference is a bug, not rounding;
+- the fused path equals the reference path run at the fused path's working
+  precision (float32, or float64 for float64), within that precision's
+  rounding (see ``test_fused_path_agrees_with_the_reference``);
+- ``square_avg`` is never negative;
+- no NaN appears unless a value overflows on the way (the step replayed in
+  float64 says whether one does: :func:`hostile.overflows`); in particular
+  0/0 is 0 (``RMSprop``'s formula, line (9));
+- nothing raises.
+
+``make test`` runs a fixed, derandomized number of examples; ``make
+test-slow`` many more.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import rmsprop
+
+from hostile import (
+    DTYPES,
+    PROFILES,
+    REAL_DTYPES,
+    Spec,
+    Trial,
+    as_real,
+    examples,
+    finite,
+    grad_profiles,
+    has_nan,
+    knobs,
+    overflows,
+    real_dtype,
+    specs,
+)
+
+STEPS = 3
+
+
+def _assert_same_bits(ours: list[torch.Tensor], reference: list[torch.Tensor], where: str) -> None:
+    assert len(ours) == len(reference), where
+    for i, (a, b) in enumerate(zip(ours, reference)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True,
+                                   msg=lambda m, i=i: f"{where}, tensor {i}: {m}")
+
+
+def _assert_sane(trial: Trial, overflowed: bool, inputs_finite: bool, where: str) -> None:
+    for p in trial.params:
+        state = trial.opt.state.get(p, {})
+        if "square_avg" in state:
+            assert not bool((as_real(state["square_avg"]) < 0).any()), f"{where}: square_avg < 0"
+    if inputs_finite and not overflowed:
+        for i, t in enumerate(trial.tensors()):
+            assert not has_nan(t), f"{where}: NaN in tensor {i} from finite input without overflow"
+
+
+def _check_reference_against_foreach(data) -> None:
+    case_specs = data.draw(specs(), label="specs")
+    case_knobs = data.draw(knobs(), label="knobs")
+    profiles = data.draw(grad_profiles(len(case_specs), STEPS), label="gradient profiles")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    ref = Trial(case_specs, case_knobs, seed, foreach=False)
+    fe = Trial(case_specs, case_knobs, seed, foreach=True)
+    for t, step_profiles in enumerate(profiles):
+        inputs_finite = all(finite(x) for x in ref.tensors() + ref.grads(t, step_profiles))
+        overflowed = overflows(ref, t, step_profiles, case_knobs)
+        ref.step(t, step_profiles)
+        fe.step(t, step_profiles)
+        where = f"step {t}"
+        _assert_same_bits(fe.tensors(), ref.tensors(), where)
+        _assert_sane(ref, overflowed, inputs_finite, where)
+
+
+def _property(check, n_examples: int) -> None:
+    """Run ``check(data)`` as a hypothesis property over ``n_examples`` examples."""
+    examples(n_examples)(given(data=st.data())(check))()
+
+
+# `make test` runs a fixed number of examples, `make test-slow` many more.
+EXAMPLES = [pytest.param(150, id="150"), pytest.param(2000, id="2000", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("n_examples", EXAMPLES)
+def test_foreach_equals_reference_bit_for_bit_and_both_stay_sane(n_examples):
+    _property(_check_reference_against_foreach, n_examples)
+
+
+def _torch_knobs():
+    """The knobs torch.optim.RMSprop has, extreme values included."""
+    return knobs().map(lambda k: {key: k[key] for key in
+                                  ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")})
+
+
+def _check_against_torch(data) -> None:
+    case_specs = data.draw(specs(dtypes=REAL_DTYPES), label="specs")
+    case_knobs = data.draw(_torch_knobs(), label="knobs")
+    profiles = data.draw(grad_profiles(len(case_specs), STEPS), label="gradient profiles")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    foreach = data.draw(st.booleans(), label="foreach")
+    ours = Trial(case_specs, case_knobs, seed, foreach=foreach)
+    # PyTorch's for-loop: its foreach rounds α, μ and 1 − η·λ to float16 and
+    # bfloat16 before multiplying by them (on CPU), its for-loop and both our
+    # paths do not; in float32 and float64 its two paths agree.
+    theirs = Trial(case_specs, case_knobs, seed, cls=torch.optim.RMSprop, foreach=False)
+    sane = True  # finite inputs and no overflow so far
+    for t, step_profiles in enumerate(profiles):
+        sane = sane and not overflows(ours, t, step_profiles, case_knobs) and all(
+            finite(x) for x in ours.tensors() + ours.grads(t, step_profiles))
+        ours.step(t, step_profiles)
+        theirs.step(t, step_profiles)
+        for i, (p, q) in enumerate(zip(ours.params, theirs.params)):
+            where = f"step {t}, parameter {i}"
+            torch_finite = torch.isfinite(q.detach())
+            assert torch.equal(p.detach()[torch_finite], q.detach()[torch_finite]), where
+            for key, value in theirs.opt.state.get(q, {}).items():
+                mine = ours.opt.state[p][key]
+                if key == "step":
+                    assert torch.equal(mine, value), where
+                else:
+                    assert torch.equal(mine[torch_finite], value[torch_finite]), f"{where}, {key}"
+            if sane:  # where PyTorch gives NaN or ±Inf from finite input (0/0, g/0), we do not
+                assert finite(p.detach()), where
+
+
+@pytest.mark.parametrize("n_examples", EXAMPLES)
+def test_equals_torch_wherever_torchs_result_is_finite(n_examples):
+    _property(_check_against_torch, n_examples)
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES, ids=[str(d)[6:] for d in REAL_DTYPES])
+@pytest.mark.parametrize("foreach", [False, True], ids=["reference", "foreach"])
+def test_the_rule_for_d_equal_to_zero_touches_nothing_else(dtype, foreach):
+    """ε = 0 and gradients down to the smallest subnormal: wherever d > 0,
+    however small, u = g/d as in PyTorch (bit for bit); only d = 0 gives 0,
+    where PyTorch gives NaN (g = 0) or ±Inf."""
+    info = torch.finfo(dtype)
+    tiny = info.smallest_normal  # g² of sqrt(tiny)·4 is normal: d > 0, as small as it gets
+    magnitudes = [0.0, tiny * info.eps, tiny, 4 * tiny**0.5, tiny**0.25, info.eps, 1.0]
+    grads = torch.tensor([sign * m for m in magnitudes for sign in (1, -1)], dtype=torch.float64).to(dtype)
+    results = []
+    for cls in (rmsprop.RMSprop, torch.optim.RMSprop):
+        p = torch.nn.Parameter(torch.ones_like(grads))
+        opt = cls([p], lr=0.01, alpha=0.5, eps=0.0, foreach=foreach)
+        for _ in range(2):
+            p.grad = grads.clone()
+            opt.step()
+        results.append(p.detach())
+    ours, theirs = results
+    finite = torch.isfinite(theirs)
+    assert torch.equal(ours[finite], theirs[finite])
+    assert torch.isfinite(ours).all() and not finite.all()  # PyTorch's 0/0 (at least) is NaN
+    assert torch.equal(ours[grads == 0], torch.ones_like(ours[grads == 0]))  # no step
+
+
+# The fused path compiles once per structure (knob switches, which of λ and μ
+# are zero, the tensors' shapes, strides and dtype), a few seconds each: its
+# cases keep one set of tensors per dtype and three structures, and let the
+# numbers (lr, α, ε, λ, μ, the values) vary freely, which never recompiles.
+FUSED_SHAPES = (((3, 4), "contiguous"), ((4, 3), "transposed"), ((2, 3, 4), "sliced"),
+                ((2, 3, 4, 5), "channels_last"), ((), "contiguous"), ((0, 3), "contiguous"))
+_OFF = dict(centered=False, eps_in_sqrt=False, lr_in_momentum=False, nesterov=False,
+            decoupled_weight_decay=False, bias_correction=False, maximize=False)
+FUSED_STRUCTURES = {  # each switch fixed; λ and μ are nonzero unless set to 0 here
+    "torch-like": {**_OFF, "centered": True, "maximize": True},
+    "tf1-like": {**_OFF, "eps_in_sqrt": True, "lr_in_momentum": True, "nesterov": True,
+                 "decoupled_weight_decay": True, "bias_correction": True},
+    "plain": {**_OFF, "momentum": 0.0, "weight_decay": 0.0},
+    "dqn-like": {**_OFF, "centered": True, "eps_in_sqrt": True, "momentum": 0.0, "weight_decay": 0.0},
+}
+
+
+def _working(dtype: torch.dtype) -> torch.dtype:
+    if dtype in (torch.float64, torch.complex128):
+        return dtype
+    return torch.complex64 if dtype.is_complex else torch.float32
+
+
+def _fused_case(dtype, structure, data):
+    value_profiles = data.draw(st.lists(st.sampled_from(PROFILES), min_size=len(FUSED_SHAPES),
+                                        max_size=len(FUSED_SHAPES)), label="value profiles")
+    case_specs = [Spec(shape, layout, dtype, profile)
+                  for (shape, layout), profile in zip(FUSED_SHAPES, value_profiles)]
+    case_knobs = data.draw(knobs(weight_decay=(0.1, 1e4), momentum=(0.5, 0.9)), label="knobs")
+    case_knobs.update(FUSED_STRUCTURES[structure])
+    if case_knobs["bias_correction"] and case_knobs["alpha"] == 1:
+        case_knobs["alpha"] = 0.99  # 1 − αᵗ = 0: refused by the constructor
+    every_tensor = st.lists(st.sampled_from(PROFILES), min_size=len(FUSED_SHAPES), max_size=len(FUSED_SHAPES))
+    profiles = data.draw(st.lists(every_tensor, min_size=STEPS, max_size=STEPS), label="gradient profiles")
+    return case_specs, case_knobs, profiles, data.draw(st.integers(0, 2**16), label="seed")
+
+
+def _rounding_bounds(theta, grad, state, knobs, unit):
+    """How far one correct step at unit roundoff ``unit`` may land from the
+    exact one, per element: an a-priori error model of lines (1)-(14), in
+    float64. Each operation adds K·unit of the magnitudes it combines; the
+    division u = g/d inherits d's relative error, which the cancellation in
+    the centered r = v̂ − ḡ̂² amplifies by (v̂ + ḡ̂²)/r. Where r + ε is within
+    its own noise of 0, d (and with it u, b and θ) is the root of noise and any
+    value is a correct rounding: those elements get an infinite bound.
+
+    Returns the bounds of θ, v, ḡ and b (``None`` for a buffer not in use)."""
+    k = 8 * unit
+    a_, lr, eps, lam, mu = knobs["alpha"], knobs["lr"], knobs["eps"], knobs["weight_decay"], knobs["momentum"]
+    theta, grad = as_real(theta), as_real(grad)
+    g = -grad if knobs["maximize"] else grad
+    decoupled = knobs["decoupled_weight_decay"]
+    g_size = g.abs() + (0 if decoupled else lam * theta.abs())
+    if not decoupled:
+        g = g + lam * theta
+    v_old = as_real(state["square_avg"])
+    v = a_ * v_old + (1 - a_) * g * g
+    v_size = a_ * v_old + (1 - a_) * g_size**2
+    c = 1 - a_ ** state["step"] if knobs["bias_correction"] else 1.0
+    r, r_size = v / c, v_size / c
+    m = m_size = None
+    if knobs["centered"]:
+        m_old = as_real(state["grad_avg"])
+        m = m_old + (1 - a_) * (g - m_old)
+        m_size = m_old.abs() + (1 - a_) * (g_size + m_old.abs())  # as ḡ + (1 − α)·(g − ḡ)
+        r, r_size = r - (m / c) ** 2, r_size + (m_size / c) ** 2
+    arg = r + eps if knobs["eps_in_sqrt"] else r
+    arg_noise = k * (r_size + eps)
+    ill = arg <= arg_noise
+    root = arg.clamp_min(0).sqrt()
+    d = root if knobs["eps_in_sqrt"] else root + eps
+    rel_d = k + arg_noise / (2 * arg.clamp_min(arg_noise)) * root / d.clamp_min(1e-300)
+    u = g.abs() / d
+    du = k * g_size / d + u * rel_d
+    decay = 1 + lr * lam if decoupled else 1.0
+    theta_size = theta.abs() * decay
+    if mu == 0:
+        b_bound = None
+        theta_bound = k * (theta_size + lr * u) + lr * du
+    else:
+        b_old = as_real(state["momentum_buffer"]).abs()
+        scale = lr if knobs["lr_in_momentum"] else 1.0
+        b_size = mu * b_old + scale * u
+        b_bound = k * b_size + scale * du
+        step_size = (1 + mu) * (b_size + scale * u)
+        step_bound = (1 + mu) * b_bound + scale * du
+        outer = 1.0 if knobs["lr_in_momentum"] else lr
+        theta_bound = k * (theta_size + outer * step_size) + outer * step_bound
+        b_bound = torch.where(ill, torch.inf, b_bound)
+    theta_bound = torch.where(ill, torch.inf, theta_bound)
+    return theta_bound, k * v_size, None if m_size is None else k * m_size, b_bound
+
+
+def _fresh_state(p, knobs):
+    zeros = torch.zeros_like(p)
+    v = zeros.clone()
+    as_real(v).fill_(knobs["initial_square_avg"])
+    return {"step": torch.tensor(0.0), "square_avg": v, "grad_avg": zeros, "momentum_buffer": zeros}
+
+
+def _check_fused(dtype, structure, data):
+    case_specs, case_knobs, profiles, seed = _fused_case(dtype, structure, data)
+    fused = Trial(case_specs, case_knobs, seed, fused=True)
+    work = _working(dtype)
+    unit = torch.finfo(real_dtype(work)).eps / 2
+    storage = torch.finfo(real_dtype(dtype)).eps
+    wide = lambda x: x.to(torch.complex128 if x.is_complex() else torch.float64)  # noqa: E731
+    ref_params = [torch.nn.Parameter(p.detach().to(work, copy=True)) for p in fused.params]
+    ref = rmsprop.RMSprop(ref_params, **case_knobs, foreach=False)
+    for t, step_profiles in enumerate(profiles):
+        # The reference starts every step from the fused path's values, widened.
+        bounds = []
+        grads = fused.grads(t, step_profiles)
+        for p, q, g in zip(fused.params, ref_params, grads):
+            q.data.copy_(p.detach())
+            state = fused.opt.state.get(p) or _fresh_state(p.detach(), case_knobs)
+            if p in fused.opt.state:
+                ref.state[q] = {k: v.clone() if k == "step" else v.to(work, copy=True)
+                                for k, v in state.items()}
+            wide_state = {k: wide(v) for k, v in state.items() if k != "step"}
+            wide_state["step"] = state["step"].item() + 1
+            bounds.append(_rounding_bounds(wide(p.detach()), wide(g), wide_state, case_knobs, unit))
+        inputs_finite = all(finite(x) for x in fused.tensors() + grads)
+        overflowed = overflows(fused, t, step_profiles, case_knobs)
+        for p, q, g in zip(fused.params, ref_params, grads):
+            p.grad, q.grad = g, g.to(work, copy=True)
+        fused.opt.step()
+        ref.step()
+        # Past an overflow the paths may part (NaN on one, ±Inf on the other):
+        # only the sanity checks below hold there.
+        for i, (p, q, bound) in enumerate(zip(fused.params, ref_params, bounds) if inputs_finite
+                                          and not overflowed else ()):
+            pairs = [(p.detach(), q.detach(), bound[0])]
+            for key, b in zip(("square_avg", "grad_avg", "momentum_buffer"), bound[1:]):
+                if key in fused.opt.state[p]:
+                    pairs.append((fused.opt.state[p][key], ref.state[q][key], b))
+            for j, (got, expected, b) in enumerate(pairs):
+                _assert_within(got, expected, b, storage, f"step {t}, parameter {i}, tensor {j}")
+            assert torch.equal(fused.opt.state[p]["step"], ref.state[q]["step"])
+        _assert_sane(fused, overflowed, inputs_finite, f"step {t}")
+
+
+def _assert_within(got, expected, bound, storage, where):
+    """|got − expected| ≤ 2·bound (each within ``bound`` of the exact value)
+    plus one unit of the storage dtype's last place (both are rounded once
+    to it); equal non-finite values agree."""
+    a, b = as_real(got).double(), as_real(expected).to(got.dtype).double()
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    allowed = 2 * bound + storage * torch.maximum(a.abs(), b.abs())
+    bad = ~same & ~((a - b).abs() <= allowed)
+    if bool(bad.any()):
+        j = int(bad.flatten().nonzero()[0])
+        raise AssertionError(f"{where}: element {j}: fused {a.flatten()[j].item()!r}, reference "
+                             f"{b.flatten()[j].item()!r}, allowed {allowed.flatten()[j].item()!r}")
+
+
+# `make test`: three structures, 10 examples each (one in float16, rounded
+# once from float32 working values); `make test-slow`: every structure in
+# every dtype, 200 examples each.
+_FAST = [(torch.float32, "torch-like"), (torch.float32, "tf1-like"), (torch.float16, "dqn-like")]
+FUSED_CASES = [pytest.param(dtype, structure, 10 if (dtype, structure) in _FAST else 200,
+                            id=f"{str(dtype)[6:]}-{structure}",
+                            marks=() if (dtype, structure) in _FAST else pytest.mark.slow)
+               for dtype in DTYPES for structure in FUSED_STRUCTURES]
+
+
+@pytest.mark.parametrize("dtype,structure,n_examples", FUSED_CASES)
+def test_fused_path_agrees_with_the_reference(dtype, structure, n_examples):
+    _property(lambda data: _check_fused(dtype, structure, data), n_examples)
