@@ -17,9 +17,18 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
-from . import functional
+from . import functional, quant
 from .finite import check_policy, finite_flags
-from .precision import state_dtype
+from .precision import (
+    check_quantizable,
+    get_buffer,
+    has_buffer,
+    load,
+    new_buffer,
+    pop_buffer,
+    put_buffer,
+    state_dtype,
+)
 from .presets import KNOBS, PRESETS, get_preset
 from .validation import check_group, check_loaded
 
@@ -163,13 +172,16 @@ class RMSprop(Optimizer):
             See :mod:`rmsprop.finite`.
         state_precision: how a group's buffers are stored: "param" (the
             parameter's dtype, PyTorch's maths), "fp32" (float32 state and
-            maths, for bf16/fp16 parameters) or "bf16" (bfloat16 state,
-            float32 maths); per group (default: "param"). See
-            :mod:`rmsprop.precision`.
+            maths, for bf16/fp16 parameters), "bf16" (bfloat16 state,
+            float32 maths) or "int8" (block-wise 8-bit state, float32 maths;
+            tensors under 4096 elements keep float32 state); per group
+            (default: "param"). See :mod:`rmsprop.precision` and
+            :mod:`rmsprop.quant`; a loaded state dict is converted to this
+            optimizer's choice.
         stochastic_rounding: write bfloat16 parameters back with unbiased
             stochastic rounding instead of rounding to nearest, so updates
             smaller than half an ulp still count on average; needs
-            state_precision "fp32" or "bf16"; per group (default: False).
+            state_precision "fp32", "bf16" or "int8"; per group (default: False).
         rounding_seed: the seed of that rounding's random bits, which are a
             function of (seed, step, tensor position, element): no generator
             state to save, and a resumed run draws the same bits (default: 0).
@@ -348,28 +360,36 @@ class RMSprop(Optimizer):
             _translate_foreign_group(group)
             for key, value in _TORCH_GROUP_DEFAULTS.items():
                 group.setdefault(key, value)
+        # PyTorch's loader casts every state tensor to its parameter's dtype,
+        # 8-bit codes included: the buffers come from the file again (below),
+        # the codes and scales before they are checked.
+        raw = getattr(self, "_loading_raw", {})
+        for p, saved in raw.items():
+            for key, value in saved.items():
+                if key.endswith((quant.CODES, quant.ABSMAX)) and p in state["state"]:
+                    state["state"][p][key] = value
         check_loaded(groups, state["state"], LAYOUT_VERSION)
+        knobs = getattr(self, "_loading_knobs", None)  # set by load_state_dict only
+        if knobs is not None:
+            # How the state is stored is this optimizer's choice, as its
+            # parameters' dtype and device are in PyTorch's loader: the file's
+            # buffers are converted to it (rmsprop.precision), whatever knobs says.
+            for loaded, current in zip(groups, self.param_groups):
+                loaded["state_precision"] = current["state_precision"]
         for group in groups:
             check_group(group, lr_required=True)
             group["layout_version"] = LAYOUT_VERSION
-        knobs = getattr(self, "_loading_knobs", None)  # set by load_state_dict only
         if knobs == "strict":
             _check_same_knobs(groups, self.param_groups)
         elif knobs == "current":
             for loaded, current in zip(groups, self.param_groups):
                 loaded.update({k: v for k, v in current.items() if k not in ("params", "skipped_steps")})
-        # PyTorch's loader casts every buffer to its parameter's dtype; state
-        # kept at another precision is taken from the file again instead.
-        raw = getattr(self, "_loading_raw", {})
         for group in groups:
-            if group["state_precision"] == "param":
-                continue
             for p in group["params"]:
-                for key in _BUFFERS:
-                    if key in raw.get(p, {}) and key in state["state"].get(p, {}):
-                        state["state"][p][key] = raw[p][key].to(
-                            device=p.device, dtype=state_dtype(p, group["state_precision"]), copy=True
-                        )
+                saved = raw.get(p, {})
+                if p in state["state"] and (group["state_precision"] != "param"
+                                            or any(k.endswith(quant.CODES) for k in saved)):
+                    _restore_buffers(p, group["state_precision"], state["state"][p], saved)
         if "_explicit" in state:  # pickled optimizer; load_state_dict passes none
             self._explicit = state.pop("_explicit")
             self.nonfinite = state.pop("nonfinite", "propagate")
@@ -403,12 +423,12 @@ class RMSprop(Optimizer):
             state = self._ensure_state(p, group)
             params.append(p)
             grads.append(grad)
-            square_avgs.append(state["square_avg"])
+            square_avgs.append(get_buffer(state, "square_avg"))
             steps.append(state["step"])
             if group["momentum"] != 0:
-                momentum_buffers.append(state["momentum_buffer"])
+                momentum_buffers.append(get_buffer(state, "momentum_buffer"))
             if group["centered"]:
-                grad_avgs.append(state["grad_avg"])
+                grad_avgs.append(get_buffer(state, "grad_avg"))
         return params, grads, square_avgs, grad_avgs, momentum_buffers, steps
 
     @torch.no_grad()
@@ -428,9 +448,9 @@ class RMSprop(Optimizer):
             functional.rmsprop(
                 scratch,
                 [torch.zeros_like(p) for p in params],
-                [s["square_avg"] for s in states],
-                [s["grad_avg"] for s in states] if group["centered"] else [],
-                [s["momentum_buffer"] for s in states] if group["momentum"] != 0 else [],
+                [get_buffer(s, "square_avg") for s in states],
+                [get_buffer(s, "grad_avg") for s in states] if group["centered"] else [],
+                [get_buffer(s, "momentum_buffer") for s in states] if group["momentum"] != 0 else [],
                 [s["step"] for s in states],
                 **self._path_arguments(group),
             )
@@ -455,10 +475,10 @@ class RMSprop(Optimizer):
         state = self.state[p]
         if not state:
             state.update(self._new_state(p, group))
-        if group["momentum"] != 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = _buffer(p, group)
-        if group["centered"] and "grad_avg" not in state:
-            state["grad_avg"] = _buffer(p, group)
+        if group["momentum"] != 0 and not has_buffer(state, "momentum_buffer"):
+            put_buffer(state, "momentum_buffer", _buffer(p, group, "momentum_buffer"))
+        if group["centered"] and not has_buffer(state, "grad_avg"):
+            put_buffer(state, "grad_avg", _buffer(p, group, "grad_avg"))
         return state
 
     @staticmethod
@@ -466,15 +486,11 @@ class RMSprop(Optimizer):
         """Fresh state for ``p``: PyTorch's keys, the buffers the knobs use."""
         step_device = p.device if group["capturable"] else None
         state = {"step": torch.zeros((), dtype=_get_scalar_dtype(), device=step_device)}
-        square_avg = _buffer(p, group)
-        if group["initial_square_avg"] != 0:
-            real = torch.view_as_real(square_avg) if square_avg.is_complex() else square_avg
-            real.fill_(group["initial_square_avg"])
-        state["square_avg"] = square_avg
+        put_buffer(state, "square_avg", _buffer(p, group, "square_avg", group["initial_square_avg"]))
         if group["momentum"] != 0:
-            state["momentum_buffer"] = _buffer(p, group)
+            put_buffer(state, "momentum_buffer", _buffer(p, group, "momentum_buffer"))
         if group["centered"]:
-            state["grad_avg"] = _buffer(p, group)
+            put_buffer(state, "grad_avg", _buffer(p, group, "grad_avg"))
         return state
 
     @staticmethod
@@ -599,10 +615,39 @@ class RMSprop(Optimizer):
 _BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
 
 
-def _buffer(p: Tensor, group: dict[str, Any]) -> Tensor:
-    """A zero state buffer for ``p``, stored as the group's state_precision says."""
-    return torch.zeros_like(p, dtype=state_dtype(p, group["state_precision"]),
-                            memory_format=torch.preserve_format)
+def _buffer(p: Tensor, group: dict[str, Any], key: str, fill: float = 0.0) -> Tensor | quant.Blockwise:
+    """State buffer ``key`` for ``p``, filled with ``fill``, stored as the group's state_precision says."""
+    return new_buffer(p, group["state_precision"], signed=key != "square_avg", fill=fill)
+
+
+def _restore_buffers(p: Tensor, precision: str, loaded: dict[str, Any], raw: dict[str, Any]) -> None:
+    """Put one parameter's loaded buffers into the form ``precision`` stores them in.
+
+    ``raw`` holds the buffers as the file had them (PyTorch's loader has cast
+    ``loaded``'s to the parameter's dtype, codes included). A buffer already
+    in its storage form is taken exactly; otherwise it is decoded or widened to
+    float32 (float64 for float64 parameters) and stored anew, so a full-precision
+    state dict loads into an int8 optimizer and the other way round.
+    """
+    for key in _BUFFERS:
+        source = get_buffer(raw, key)
+        if source is None:
+            continue
+        pop_buffer(loaded, key)
+        to_codes = precision == "int8" and quant.quantized(p)
+        if quant.is_quantized(source) and to_codes:
+            buf = quant.Blockwise(*(x.to(device=p.device, copy=True).contiguous() for x in source))
+        else:
+            wide = torch.promote_types(p.dtype, torch.float32) if not p.is_complex() else p.dtype
+            values = load(source, wide)
+            if to_codes:
+                check_quantizable(p)
+                buf = quant.encode(values.to(p.device), signed=key != "square_avg")
+            elif precision == "param":  # PyTorch's rule: the parameter's dtype and device
+                buf = values.to(device=p.device, dtype=p.dtype, copy=True)
+            else:
+                buf = values.to(device=p.device, dtype=state_dtype(p, precision), copy=True)
+        put_buffer(loaded, key, buf)
 
 
 _KNOB_MODES = ("saved", "current", "strict")

@@ -5,23 +5,36 @@
 - ``"fp32"``: float32 buffers (complex64 for complex parameters) and float32
   maths, for bfloat16 / float16 parameters: the update is computed from the
   parameter widened to float32 and rounded once when written back;
-- ``"bf16"``: bfloat16 buffers (half the bytes of float32), float32 maths.
+- ``"bf16"``: bfloat16 buffers (half the bytes of float32), float32 maths;
+- ``"int8"``: block-wise 8-bit buffers (:mod:`rmsprop.quant`: a byte per
+  element and a float32 scale per 256), float32 maths; buffers under 4096
+  elements stay float32.
 
 The algorithm never sees the storage: a path that finds the state in another
 dtype than the parameter widens θ, g and the buffers to the *working dtype*
 (:func:`working_dtype`), runs the same update, and writes every result back
 into its own storage with one rounding (the fused path does this inside its
-one pass). The step count is unaffected.
+one pass). The step count is unaffected. :func:`get_buffer` and
+:func:`put_buffer` are the one place that knows how a buffer sits in the
+optimizer's state: a plain tensor under its key (``state["square_avg"]``) or,
+quantized, two plain tensors under ``"square_avg_codes"`` and
+``"square_avg_absmax"``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["PRECISIONS", "state_dtype", "working_dtype", "check_precision", "stochastic_round_",
-           "write_param_"]
+from . import quant
+from .counter import random_bits
 
-PRECISIONS = ("param", "fp32", "bf16")
+__all__ = ["PRECISIONS", "state_dtype", "working_dtype", "check_precision", "stochastic_round_",
+           "write_param_", "new_buffer", "check_quantizable", "load", "store_", "get_buffer", "put_buffer",
+           "has_buffer", "pop_buffer"]
+
+PRECISIONS = ("param", "fp32", "bf16", "int8")
 
 
 def check_precision(precision: object) -> None:
@@ -38,8 +51,65 @@ def state_dtype(param: torch.Tensor, precision: str) -> torch.dtype:
     if precision == "fp32":
         return torch.complex64 if param.is_complex() else torch.float32
     if param.is_complex():
-        raise ValueError("state_precision='bf16' needs real parameters (there is no complex bfloat16)")
+        raise ValueError(f"state_precision={precision!r} needs real parameters (there is no complex "
+                         f"{'bfloat16' if precision == 'bf16' else '8-bit state'})")
+    if precision == "int8":
+        if quant.quantized(param):
+            return torch.int8  # the signed buffers' codes; square_avg's are uint8 (new_buffer)
+        return torch.float32
     return torch.bfloat16
+
+
+def new_buffer(param: torch.Tensor, precision: str, signed: bool, fill: float = 0.0
+               ) -> torch.Tensor | quant.Blockwise:
+    """A state buffer for ``param`` holding ``fill`` everywhere, stored as
+    ``precision`` says; ``signed`` is False for square_avg (it picks the 8-bit code map)."""
+    dtype = state_dtype(param, precision)
+    if precision == "int8" and quant.quantized(param):
+        check_quantizable(param)
+        value = torch.full(param.shape, fill, dtype=torch.float32, device=param.device)
+        return quant.encode(value, signed=signed)
+    buf = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+    if fill != 0:
+        (torch.view_as_real(buf) if buf.is_complex() else buf).fill_(fill)
+    return buf
+
+
+def check_quantizable(param: torch.Tensor) -> None:
+    """Raise for parameters whose state cannot be 8-bit: tensor subclasses
+    such as FSDP2's DTensor, whose blocks would be cut per shard."""
+    if type(param) not in (torch.Tensor, torch.nn.Parameter):
+        raise ValueError(
+            f"state_precision='int8' does not support {type(param).__name__} parameters: its blocks "
+            "would be cut per shard, so a state dict would not reshard; use 'bf16' (e.g. under FSDP2)"
+        )
+
+
+def has_buffer(state: dict[str, Any], key: str) -> bool:
+    return key in state or key + quant.CODES in state
+
+
+def get_buffer(state: dict[str, Any], key: str) -> torch.Tensor | quant.Blockwise | None:
+    """The buffer ``key`` of one parameter's state, as the paths take it (None if absent)."""
+    if key + quant.CODES in state:
+        return quant.Blockwise(state[key + quant.CODES], state[key + quant.ABSMAX])
+    return state.get(key)
+
+
+def put_buffer(state: dict[str, Any], key: str, buf: torch.Tensor | quant.Blockwise) -> None:
+    """Set the buffer ``key`` of one parameter's state, replacing any other form of it."""
+    pop_buffer(state, key)
+    if quant.is_quantized(buf):
+        state[key + quant.CODES], state[key + quant.ABSMAX] = buf.codes, buf.absmax
+    else:
+        state[key] = buf
+
+
+def pop_buffer(state: dict[str, Any], key: str) -> torch.Tensor | quant.Blockwise | None:
+    buf = get_buffer(state, key)
+    for name in (key, key + quant.CODES, key + quant.ABSMAX):
+        state.pop(name, None)
+    return buf
 
 
 def working_dtype(param_dtype: torch.dtype, stored: torch.dtype) -> torch.dtype:
@@ -51,20 +121,7 @@ def working_dtype(param_dtype: torch.dtype, stored: torch.dtype) -> torch.dtype:
 
 
 # ------------------------------------------------------------ stochastic rounding
-# Counter-based randomness (the idea of Salmon et al.'s Philox/Threefry, with
-# a much simpler mixer): the random bits of element j of a tensor at step t are
-# a hash of (seed, t, the tensor's position, j), computed with integer tensor
-# ops. Nothing to store: the seed lives in the param group and the step count
-# in the state, so a resumed run draws the same bits; and the same code runs
-# eagerly and inside the fused path's compiled pass (where the index costs no
-# memory traffic). Every intermediate stays below 2**62, so int64 never wraps.
-_M31 = 0x7FFFFFFF
-
-
-def _mix(h: torch.Tensor) -> torch.Tensor:
-    h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & _M31
-    h = ((h ^ (h >> 12)) * 0x297A2D39) & _M31
-    return h ^ (h >> 15)
+# The random bits come from rmsprop.counter: a hash of (seed, step, salt, element).
 
 
 def stochastic_round_(dest: torch.Tensor, value: torch.Tensor, seed: int, step: torch.Tensor,
@@ -74,11 +131,7 @@ def stochastic_round_(dest: torch.Tensor, value: torch.Tensor, seed: int, step: 
     keeps 16 more mantissa bits than a bfloat16, so adding 16 random bits
     below the cut and truncating rounds up with probability equal to the
     dropped fraction. Non-finite values round to nearest."""
-    index = torch.arange(value.numel(), device=value.device, dtype=torch.int64).view(value.shape)
-    t = step.to(device=value.device, dtype=torch.int64)
-    base = (((t & _M31) * 0x5BD1E995) & _M31) + (((seed & _M31) * 0x1B873593) & _M31)
-    base = (base + ((salt & _M31) * 0x27D4EB2F & _M31)) & _M31
-    noise = (_mix((index + base) & _M31) & 0xFFFF).to(torch.int32)
+    noise = (random_bits(value.shape, seed, step, salt, value.device) & 0xFFFF).to(torch.int32)
     bits = value.float().contiguous().view(torch.int32)
     rounded = ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
     dest.copy_(torch.where(value.isfinite(), rounded, value.to(torch.bfloat16)))
@@ -94,3 +147,39 @@ def write_param_(dest: torch.Tensor, value: torch.Tensor, rounding_seed: int | N
         stochastic_round_(dest, value, rounding_seed, step, salt)
     else:
         raise ValueError(f"stochastic_rounding supports bfloat16 parameters, not {dest.dtype}")
+
+
+# ------------------------------------------------------------ reading and writing state
+def load(buf: torch.Tensor | quant.Blockwise, dtype: torch.dtype) -> torch.Tensor:
+    """A buffer's values at ``dtype``: widened, or decoded."""
+    return quant.decode(buf, dtype) if quant.is_quantized(buf) else buf.to(dtype)
+
+
+def store_(buf: torch.Tensor | quant.Blockwise, value: torch.Tensor, keep: torch.Tensor | None = None,
+           step: torch.Tensor | None = None, stream: int = 0) -> None:
+    """Write a step's new ``value`` into a buffer's storage: copied, rounded or encoded.
+
+    Where the 0-d bool ``keep`` is given and False, the buffer is left as it
+    was. Given ``step`` (the step count, a tensor), a narrower storage is
+    written with unbiased stochastic rounding: 8-bit codes
+    (:func:`rmsprop.quant.encode`) and bfloat16 buffers under a float32
+    update, whose 8 significant bits are also coarser than the ≈1% a step
+    moves v by when α = 0.99. The random bits are a hash of (step, ``stream``,
+    the tensor's size, element) (:mod:`rmsprop.counter`): every path draws the
+    same ones, whatever the grouping, and a resumed run draws them again.
+    ``stream`` tells a parameter's buffers apart (0 square_avg, 1 grad_avg,
+    2 momentum_buffer).
+    """
+    salt = stream * 0x9E3779B1 + value.numel()
+    if quant.is_quantized(buf):
+        new = quant.encode(value, signed=buf.codes.dtype == torch.int8,
+                           rounding=None if step is None else (step, salt))
+        parts = ((buf.codes, new.codes), (buf.absmax, new.absmax))
+    elif step is not None and buf.dtype == torch.bfloat16 and value.dtype != torch.bfloat16:
+        rounded = torch.empty_like(buf)
+        stochastic_round_(rounded, value, quant.SEED, step, salt)
+        parts = ((buf, rounded),)
+    else:
+        parts = ((buf, value),)
+    for dest, new_value in parts:
+        dest.copy_(new_value if keep is None else torch.where(keep, new_value, dest))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from . import quant
 from .precision import check_precision
 
 __all__ = ["check_group", "check_loaded"]
@@ -57,8 +59,9 @@ def check_group(group: dict[str, Any], *, lr_required: bool) -> None:
             raise ValueError(f"Invalid {name} value: {value!r} (must be True or False)")
     check_precision(group["state_precision"])
     if group["stochastic_rounding"] and group["state_precision"] == "param":
-        raise ValueError("stochastic_rounding=True needs state_precision='fp32' or 'bf16': under 'param' "
-                         "the update runs in the parameter's own dtype, so there is nothing wider to round")
+        raise ValueError("stochastic_rounding=True needs state_precision='fp32', 'bf16' or 'int8': under "
+                         "'param' the update runs in the parameter's own dtype, so there is nothing wider "
+                         "to round")
     if not isinstance(group["rounding_seed"], int) or isinstance(group["rounding_seed"], bool):
         raise ValueError(f"Invalid rounding_seed value: {group['rounding_seed']!r} (an int)")
     if group["nesterov"] and group["momentum"] == 0:
@@ -90,7 +93,9 @@ def check_loaded(
                 _check_param_state(p_state, p, f"parameter {j} of group {g}")
 
 
-_STATE_KEYS = frozenset(("step", *_STATE_BUFFERS))
+_STATE_KEYS = frozenset(
+    ("step", *_STATE_BUFFERS, *(k + s for k in _STATE_BUFFERS for s in (quant.CODES, quant.ABSMAX)))
+)
 
 
 def _check_param_state(p_state: dict[str, Any], p: Tensor, who: str) -> None:
@@ -98,7 +103,7 @@ def _check_param_state(p_state: dict[str, Any], p: Tensor, who: str) -> None:
     alien = sorted(map(str, p_state.keys() - _STATE_KEYS))
     if alien:
         raise ValueError(f"{where} has unknown keys {alien} (RMSprop keeps {sorted(_STATE_KEYS)})")
-    missing = [key for key in ("step", "square_avg") if key not in p_state]
+    missing = [k for k in ("step", "square_avg") if k not in p_state and k + quant.CODES not in p_state]
     if missing:
         raise ValueError(f"{where} lacks {missing}")
     step = p_state["step"]
@@ -109,6 +114,9 @@ def _check_param_state(p_state: dict[str, Any], p: Tensor, who: str) -> None:
     if not isinstance(step, (int, float)) or not 0 <= step < float("inf") or step != int(step):
         raise ValueError(f"{where} has step {step!r}; a step count is a whole number ≥ 0")
     for key in _STATE_BUFFERS:
+        if key + quant.CODES in p_state or key + quant.ABSMAX in p_state:
+            _check_codes(p_state, key, p, where)
+            continue
         value = p_state.get(key)
         if value is None:
             continue  # created when the knobs first need it
@@ -121,3 +129,22 @@ def _check_param_state(p_state: dict[str, Any], p: Tensor, who: str) -> None:
             )
         if value.is_complex() != p.is_complex() or not (value.is_floating_point() or value.is_complex()):
             raise ValueError(f"{where} has {key} of dtype {value.dtype}, the parameter is {p.dtype}")
+
+
+def _check_codes(p_state: dict[str, Any], key: str, p: Tensor, where: str) -> None:
+    """An 8-bit buffer (rmsprop.quant): both parts, of the right dtypes and sizes, and no plain copy."""
+    codes, absmax = p_state.get(key + quant.CODES), p_state.get(key + quant.ABSMAX)
+    if key in p_state:
+        raise ValueError(f"{where} holds {key} both as a tensor and as 8-bit codes")
+    if not isinstance(codes, Tensor) or not isinstance(absmax, Tensor):
+        raise ValueError(f"{where} needs both {key}{quant.CODES} and {key}{quant.ABSMAX} as tensors")
+    want = torch.uint8 if key == "square_avg" else torch.int8
+    if codes.dtype != want or codes.shape != p.shape:
+        raise ValueError(f"{where} has {key}{quant.CODES} of dtype {codes.dtype} and shape "
+                         f"{tuple(codes.shape)}; expected {want} of the parameter's shape {tuple(p.shape)}")
+    blocks = quant.num_blocks(p.numel())
+    if absmax.dtype != torch.float32 or absmax.shape != (blocks,):
+        raise ValueError(f"{where} has {key}{quant.ABSMAX} of dtype {absmax.dtype} and shape "
+                         f"{tuple(absmax.shape)}; expected float32 of shape ({blocks},)")
+    if not bool(torch.isfinite(absmax).all() and (absmax >= 0).all()):
+        raise ValueError(f"{where} has {key}{quant.ABSMAX} with negative or non-finite scales")

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, bias_correction_factor, denominator_can_vanish
-from ..precision import working_dtype, write_param_
+from ..precision import load, store_, working_dtype, write_param_
+from ..quant import stored_dtype
 from .grouping import by_device_and_dtype
 
 __all__ = ["foreach_step"]
@@ -43,18 +44,24 @@ def foreach_step(
         if dtype.is_complex:
             p, g, v = _real(p), _real(g), _real(v)
             m, b = _real(m) if centered else m, _real(b) if use_momentum else b
-        work = working_dtype(p[0].dtype, v[0].dtype)  # the state's storage (rmsprop.precision)
+        stored = stored_dtype(v[0])
+        work = working_dtype(p[0].dtype, stored)  # the state's storage (rmsprop.precision)
         for chunk in _chunks(p):
             lists = (p[chunk], g[chunk], v[chunk], m[chunk] if centered else None,
                      b[chunk] if use_momentum else None)
-            if work == p[0].dtype and work == v[0].dtype:
+            if work == p[0].dtype and work == stored:
                 _step_group(*lists, t[chunk], hyper)
-            else:  # widen a cache-sized chunk, step it, round each result once into its storage
-                wide = [None if xs is None else [x.to(work) for x in xs] for xs in lists]
+            else:  # widen (or decode) a cache-sized chunk, step it, round (or encode) each result once
+                wide = [None if xs is None else [load(x, work) for x in xs] for xs in lists]
                 _step_group(*wide, t[chunk], hyper)
                 for i in (2, 3, 4):  # v, ḡ, b
-                    if lists[i] is not None:
+                    if lists[i] is None:
+                        continue
+                    if lists[i][0].dtype in (torch.float32, torch.float64):  # float32 state: copied exactly
                         torch._foreach_copy_(lists[i], wide[i])
+                    else:  # bf16 or 8-bit: rounded stochastically (rmsprop.precision.store_)
+                        for buf, value, step in zip(lists[i], wide[i], t[chunk]):
+                            store_(buf, value, step=step, stream=i - 2)
                 if rounding_seed is None:
                     torch._foreach_copy_(lists[0], wide[0])
                 else:

@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, _is_zero, rmsprop_update
-from ..precision import working_dtype, write_param_
+from ..precision import load, store_, working_dtype, write_param_
+from ..quant import Blockwise, is_quantized, stored_dtype
 from .grouping import by_device_and_dtype
 
 __all__ = ["fused_step", "fused_unavailable_reason", "compiled_structures", "DISABLE_ENV"]
@@ -102,9 +103,9 @@ def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, 
         dest.copy_(new if finite is None else torch.where(finite, new, old))
 
     for i in range(len(params)):
-        p, v = params[i].to(compute), square_avgs[i].to(compute)
-        m = grad_avgs[i].to(compute) if hyper.centered else None
-        b = None if _is_zero(hyper.momentum) else momentum_buffers[i].to(compute)
+        p, v = params[i].to(compute), load(square_avgs[i], compute)
+        m = load(grad_avgs[i], compute) if hyper.centered else None
+        b = None if _is_zero(hyper.momentum) else load(momentum_buffers[i], compute)
         step = steps[i] + 1
         new = rmsprop_update(p, grads[i].to(compute), v, m, b, step, hyper)
         write(steps[i], step, steps[i])
@@ -114,11 +115,11 @@ def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, 
             write(params[i], rounded, params[i])
         else:
             write(params[i], new.param, p)
-        write(square_avgs[i], new.square_avg, v)
+        store_(square_avgs[i], new.square_avg, keep=finite, step=step, stream=0)
         if new.grad_avg is not None:
-            write(grad_avgs[i], new.grad_avg, m)
+            store_(grad_avgs[i], new.grad_avg, keep=finite, step=step, stream=1)
         if new.momentum_buffer is not None:
-            write(momentum_buffers[i], new.momentum_buffer, b)
+            store_(momentum_buffers[i], new.momentum_buffer, keep=finite, step=step, stream=2)
 
 
 # Dynamo's guards already check every input's shape, stride, dtype and device
@@ -191,7 +192,8 @@ def fused_step(
         p, g, v = _real(p), _real(g), _real(v)
         m = _real(m) if centered else []
         b = _real(b) if use_momentum else []
-        compute = working_dtype(_compute_dtype(dtype), v[0].dtype)  # state stored narrower: rmsprop.precision
+        # the state stored narrower (rmsprop.precision) widens to the working dtype
+        compute = working_dtype(_compute_dtype(dtype), stored_dtype(v[0]))
         run_hyper = _runtime_hyper(hyper, device)
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
@@ -201,7 +203,7 @@ def fused_step(
             hyper.centered, hyper.maximize, hyper.eps_in_sqrt, hyper.lr_in_momentum, hyper.nesterov,
             hyper.decoupled_weight_decay, hyper.bias_correction,
             hyper.weight_decay != 0, use_momentum, finite is not None, rounding_seed,
-            str(device), p[0].dtype, v[0].dtype, t[0].device.type,
+            str(device), p[0].dtype, stored_dtype(v[0]), t[0].device.type,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )
         _compiled_for(key)(p, g, v, m, b, t, run_hyper, compute, finite, rounding_seed)
@@ -215,6 +217,9 @@ def _real(tensors: list[Tensor]) -> list[Tensor]:
     inputs)."""
     out = []
     for x in tensors:
+        if is_quantized(x):  # 8-bit state (rmsprop.quant): codes and scales, never complex or 0-d
+            out.append(Blockwise(x.codes.detach(), x.absmax.detach()))
+            continue
         x = torch.view_as_real(x.detach()) if torch.is_complex(x) else x.detach()
         out.append(x.view(1) if x.dim() == 0 else x)
     return out

@@ -10,7 +10,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..engine import Hyper, rmsprop_update
-from ..precision import working_dtype, write_param_
+from ..precision import load, store_, working_dtype, write_param_
+from ..quant import stored_dtype
 
 __all__ = ["reference_step"]
 
@@ -38,16 +39,16 @@ def reference_step(
         grad_avg = grad_avgs[i] if centered else None
         buf = momentum_buffers[i] if use_momentum else None
         steps[i] += 1
-        work = working_dtype(param.dtype, square_avg.dtype)  # the state's storage (rmsprop.precision)
+        work = working_dtype(param.dtype, stored_dtype(square_avg))  # the state's storage (rmsprop.precision)
         new = rmsprop_update(
-            param.to(work), grad.to(work), square_avg.to(work),
-            None if grad_avg is None else grad_avg.to(work), None if buf is None else buf.to(work),
+            param.to(work), grad.to(work), load(square_avg, work),
+            None if grad_avg is None else load(grad_avg, work), None if buf is None else load(buf, work),
             steps[i], hyper,
         )
 
         write_param_(param, new.param, rounding_seed, steps[i], salt=i)
-        square_avg.copy_(new.square_avg)
+        store_(square_avg, new.square_avg, step=steps[i], stream=0)
         if grad_avg is not None:
-            grad_avg.copy_(new.grad_avg)
+            store_(grad_avg, new.grad_avg, step=steps[i], stream=1)
         if buf is not None:
-            buf.copy_(new.momentum_buffer)
+            store_(buf, new.momentum_buffer, step=steps[i], stream=2)

@@ -1,0 +1,193 @@
+"""Block-wise 8-bit state: ``RMSprop(..., state_precision="int8")``.
+
+A buffer of n elements is cut into blocks of :data:`BLOCK` consecutive
+elements (in the parameter's logical, row-major order; the last block may be
+short). Each block keeps one float32 scale, the largest magnitude in it
+(``absmax``), and each element one 8-bit code for its value relative to that
+scale, ``y = x / absmax`` in [−1, 1]. The idea is Dettmers et al.'s
+block-wise quantization (8-bit Optimizers via Block-wise Quantization, 2022);
+the code maps are this library's own, chosen for what each buffer holds:
+
+- ``square_avg`` (v ≥ 0, and the denominator's √v is what the step uses):
+  unsigned codes c ∈ 0…255 with ``y = (c/255)⁴``, i.e. √v is stored on a
+  quadratic grid. Relative resolution is finest at the block's top (a code
+  step is 4/c of the value: 1.6% at the top, 5% a hundred times lower) and
+  the grid reaches down to 2.3e-10 of the block's largest value, so a small
+  v is stored coarsely but never as 0: a nonzero v always gets a code ≥ 1,
+  since v read back as 0 would turn ``g/(√v + ε)`` into ``g/ε``. Reading v
+  too large only shortens a step.
+- ``grad_avg`` and ``momentum_buffer`` (signed): int8 codes q ∈ −127…127 with
+  ``y = sign(q)·(q/127)²``.
+
+The block's largest element always gets the top code, which reads back as
+exactly its value: decoding and encoding again reproduces every code and
+scale (tested), so state survives ``load_state_dict`` conversions unchanged.
+An optimizer step writes the codes with unbiased stochastic rounding: with
+α = 0.99 a step moves v by about 1% of itself, less than the grid's spacing,
+so rounding to nearest would leave v stuck wherever g² changes slowly.
+Conversions (a state dict loaded from full precision) round to nearest.
+
+Buffers under :data:`MIN_NUMEL` elements stay float32, as bitsandbytes does:
+the codes' savings there are smaller than the scale's overhead matters and
+those tensors (biases, norms) are the most sensitive.
+
+The optimizer's state holds the two parts as plain tensors under their own
+keys, ``f"{key}_codes"`` (uint8 or int8, the parameter's shape) and
+``f"{key}_absmax"`` (float32, one per block): state dicts, ``torch.save``
+with ``weights_only=True``, pickling and ``share_memory()`` need nothing
+special. The paths see a :class:`Blockwise` pair and use
+:func:`rmsprop.precision.load` and :func:`rmsprop.precision.store_`, which work
+the same for plain tensors: the update itself never knows how its state is
+stored. Everything here is plain torch ops, so the
+fused path compiles the decoding, the update and the encoding into its pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .counter import uniform
+
+__all__ = ["BLOCK", "MIN_NUMEL", "Blockwise", "is_quantized", "quantized", "encode", "decode",
+           "stored_dtype", "num_blocks", "CODES", "ABSMAX", "SEED"]
+
+#: Elements per block (one float32 scale each).
+BLOCK = 256
+#: Buffers with fewer elements than this stay float32.
+MIN_NUMEL = 4096
+
+CODES, ABSMAX = "_codes", "_absmax"  # suffixes of a quantized buffer's state keys
+#: The seed of the state's stochastic rounding (rmsprop.counter); the step
+#: count and the buffer's salt vary the bits.
+SEED = 0x5EED
+
+# The grids: y = (c / _U_TOP) ** _U_POWER for square_avg, sign(q)·(|q| / _S_TOP) ** _S_POWER otherwise.
+_U_TOP, _U_POWER = 255, 8
+_S_TOP, _S_POWER = 127, 2
+
+
+class Blockwise(NamedTuple):
+    """One quantized buffer as the paths see it: the codes (uint8 for an
+    unsigned buffer, int8 for a signed one, the parameter's shape) and the
+    float32 block scales."""
+
+    codes: Tensor
+    absmax: Tensor
+
+    @property
+    def dtype(self) -> torch.dtype:  # the storage's dtype, as a plain buffer's
+        return self.codes.dtype
+
+
+def is_quantized(buf: object) -> bool:
+    return isinstance(buf, Blockwise)
+
+
+def quantized(param: Tensor) -> bool:
+    """Whether ``param``'s buffers are 8-bit under state_precision="int8"."""
+    return param.numel() >= MIN_NUMEL
+
+
+def num_blocks(numel: int) -> int:
+    return math.ceil(numel / BLOCK)
+
+
+def stored_dtype(buf: Tensor | Blockwise) -> torch.dtype:
+    """The dtype a buffer is stored in: a plain tensor's own, the codes' for a quantized one."""
+    return buf.dtype
+
+
+def _pieces(numel: int) -> list[tuple[int, int, int]]:
+    """The blocks as (start, stop, width) runs: the full blocks, then the short
+    last one alone. (A short block is never broadcast against its scale inside
+    a padded row: Inductor 2.13's CPU code reads the last scale of such a
+    broadcast, or of a gather by index // BLOCK, as 0.)"""
+    full = numel // BLOCK * BLOCK
+    runs = [(0, full, BLOCK)] if full else []
+    return runs + [(full, numel, numel - full)] if full < numel else runs
+
+
+def _root(a: Tensor, power: int) -> Tensor:
+    """a ** (1/power), with square roots where they do it (cheaper than pow)."""
+    if power == 8:
+        return a.sqrt().sqrt().sqrt()
+    if power == 4:
+        return a.sqrt().sqrt()
+    if power == 2:
+        return a.sqrt()
+    return a if power == 1 else a ** (1 / power)
+
+
+def _pow(a: Tensor, power: int) -> Tensor:
+    """a ** power by multiplications, so every path rounds it the same way."""
+    if power == 8:
+        sq = a * a
+        quad = sq * sq
+        return quad * quad
+    if power == 4:
+        sq = a * a
+        return sq * sq
+    if power == 2:
+        return a * a
+    return a if power == 1 else a**power
+
+
+def encode(x: Tensor, signed: bool, rounding: tuple[Tensor, int] | None = None) -> Blockwise:
+    """Quantize a real tensor (computed in float32, or float64 for float64 input).
+
+    Without ``rounding`` each value takes the nearest code. With ``rounding =
+    (step, salt)`` it takes the code above or below it at random, with the
+    probabilities that make the decoded value unbiased (what the optimizer
+    steps with); the random numbers are a hash of (step, salt, element)
+    (:mod:`rmsprop.counter`), so every path draws the same ones and a resumed
+    run draws them again.
+    """
+    work = torch.promote_types(x.dtype, torch.float32)
+    flat = x.reshape(-1).to(work)
+    noise = None
+    if rounding is not None:
+        step, salt = rounding
+        noise = uniform((flat.numel(),), SEED, step, salt, flat.device).to(work)
+    top, power = (_S_TOP, _S_POWER) if signed else (_U_TOP, _U_POWER)
+    codes, scales = [], []
+    for start, stop, width in _pieces(flat.numel()):
+        rows = flat[start:stop].view(-1, width)
+        absmax = rows.abs().amax(dim=1, keepdim=True)
+        y = rows / torch.where(absmax > 0, absmax, 1)
+        a = y.abs() if signed else y.clamp_min(0)
+        r = _root(a, power) * top  # the code as a real number, in [0, top]
+        if noise is None:
+            c = torch.round(r)
+        else:  # up with probability (a − a_lo)/(a_hi − a_lo): E[decoded] = a
+            lo = torch.floor(r).clamp_max(top - 1)
+            a_lo, a_hi = _pow(lo / top, power), _pow((lo + 1) / top, power)
+            c = lo + (noise[start:stop].view(-1, width) * (a_hi - a_lo) < a - a_lo).to(work)
+        if signed:
+            codes.append(c.copysign(y).to(torch.int8).reshape(-1))
+        else:  # a nonzero v never reads back as 0
+            codes.append(torch.where(y > 0, c.clamp_min(1), 0).to(torch.uint8).reshape(-1))
+        scales.append(absmax.reshape(-1))
+    return Blockwise(_cat(codes).view(x.shape), _cat(scales).to(torch.float32))
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def decode(buf: Blockwise, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The values a quantized buffer stands for, as a ``dtype`` tensor of the codes' shape."""
+    flat, scale = buf.codes.reshape(-1), buf.absmax.to(dtype)
+    values, block = [], 0
+    for start, stop, width in _pieces(flat.numel()):
+        rows = flat[start:stop].view(-1, width).to(dtype)
+        if buf.codes.dtype == torch.int8:
+            y = _pow(rows.abs() / _S_TOP, _S_POWER) * rows.sign()
+        else:
+            y = _pow(rows / _U_TOP, _U_POWER)
+        values.append((y * scale[block: block + rows.shape[0], None]).reshape(-1))
+        block += rows.shape[0]
+    return _cat(values).view(buf.codes.shape)
