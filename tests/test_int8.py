@@ -174,6 +174,16 @@ def test_paths_agree_with_the_reference_in_float64(path):
                 torch.testing.assert_close(opt.state[b][key].double(), value.double(), rtol=1e-6, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", ["foreach", pytest.param("fused", marks=needs_compile)])
+def test_a_group_that_starts_with_float32_state_steps_its_codes_too(path):
+    """Small tensors first: each group of one storage is stepped on its own."""
+    ref, other = _params(torch.float64)[::-1], _params(torch.float64)[::-1]
+    _train(ref, 3, state_precision="int8", **KNOBS, foreach=False)
+    _train(other, 3, state_precision="int8", **KNOBS, **PATHS[path])
+    for a, b in zip(ref, other):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_int8_state_steps_close_to_fp32_state(path):
     if path == "fused" and fused_unavailable_reason([torch.zeros(1)], False):
