@@ -160,25 +160,19 @@ def store_(buf: torch.Tensor | quant.Blockwise, value: torch.Tensor, keep: torch
     """Write a step's new ``value`` into a buffer's storage: copied, rounded or encoded.
 
     Where the 0-d bool ``keep`` is given and False, the buffer is left as it
-    was. Given ``step`` (the step count, a tensor), a narrower storage is
-    written with unbiased stochastic rounding: 8-bit codes
-    (:func:`rmsprop.quant.encode`) and bfloat16 buffers under a float32
-    update, whose 8 significant bits are also coarser than the ≈1% a step
-    moves v by when α = 0.99. The random bits are a hash of (step, ``stream``,
-    the tensor's size, element) (:mod:`rmsprop.counter`): every path draws the
-    same ones, whatever the grouping, and a resumed run draws them again.
-    ``stream`` tells a parameter's buffers apart (0 square_avg, 1 grad_avg,
-    2 momentum_buffer).
+    was. Given ``step`` (the step count, a tensor), 8-bit codes are written
+    with unbiased stochastic rounding (:func:`rmsprop.quant.encode`; a plain
+    buffer is rounded to nearest). The random bits are a hash of (step,
+    ``stream``, the tensor's size, element) (:mod:`rmsprop.counter`): every
+    path draws the same ones, whatever the grouping, and a resumed run draws
+    them again. ``stream`` tells a parameter's buffers apart (0 square_avg,
+    1 grad_avg, 2 momentum_buffer).
     """
     salt = stream * 0x9E3779B1 + value.numel()
     if quant.is_quantized(buf):
         new = quant.encode(value, signed=buf.codes.dtype == torch.int8,
                            rounding=None if step is None else (step, salt))
         parts = ((buf.codes, new.codes), (buf.absmax, new.absmax))
-    elif step is not None and buf.dtype == torch.bfloat16 and value.dtype != torch.bfloat16:
-        rounded = torch.empty_like(buf)
-        stochastic_round_(rounded, value, quant.SEED, step, salt)
-        parts = ((buf, rounded),)
     else:
         parts = ((buf, value),)
     for dest, new_value in parts:

@@ -8,24 +8,28 @@ scale, ``y = x / absmax`` in [−1, 1]. The idea is Dettmers et al.'s
 block-wise quantization (8-bit Optimizers via Block-wise Quantization, 2022);
 the code maps are this library's own, chosen for what each buffer holds:
 
-- ``square_avg`` (v ≥ 0, and the denominator's √v is what the step uses):
-  unsigned codes c ∈ 0…255 with ``y = (c/255)⁴``, i.e. √v is stored on a
-  quadratic grid. Relative resolution is finest at the block's top (a code
-  step is 4/c of the value: 1.6% at the top, 5% a hundred times lower) and
-  the grid reaches down to 2.3e-10 of the block's largest value, so a small
-  v is stored coarsely but never as 0: a nonzero v always gets a code ≥ 1,
-  since v read back as 0 would turn ``g/(√v + ε)`` into ``g/ε``. Reading v
-  too large only shortens a step.
+- ``square_avg`` (v ≥ 0, with a wide range inside one block when input
+  features are scaled unevenly): unsigned codes c ∈ 0…255 with
+  ``y = (c/255)⁸``. A code step is 8/c of the value: 3.1% at the block's
+  top, 5.6% a hundred times lower, 18% a million times lower; the grid
+  reaches down to 5.6e-20 of the block's largest value. A nonzero v always
+  gets a code ≥ 1: v read back as 0 would turn ``g/(√v + ε)`` into ``g/ε``.
+  The power was measured (``benchmarks/low_memory_quality.py``, whose inputs
+  spread v over six decades per block): 1 (linear) and 2 read the small v
+  far too large and miss fp32 state's loss by +60% and +27%; 4 reads them
+  coarsely enough to shift it by −1.2%; 6 and 8 are within 0.3%, and 8 takes
+  three square roots where 6 needs a pow.
 - ``grad_avg`` and ``momentum_buffer`` (signed): int8 codes q ∈ −127…127 with
   ``y = sign(q)·(q/127)²``.
 
 The block's largest element always gets the top code, which reads back as
-exactly its value: decoding and encoding again reproduces every code and
-scale (tested), so state survives ``load_state_dict`` conversions unchanged.
-An optimizer step writes the codes with unbiased stochastic rounding: with
-α = 0.99 a step moves v by about 1% of itself, less than the grid's spacing,
-so rounding to nearest would leave v stuck wherever g² changes slowly.
-Conversions (a state dict loaded from full precision) round to nearest.
+exactly its value; decoding and encoding again to nearest reproduces every
+code and scale (tested). An optimizer step writes the codes with unbiased
+stochastic rounding (up with the probability that makes the decoded value's
+mean the true one): with α = 0.99 a step moves v by about 1% of itself, less
+than half the grid's spacing, so rounding to nearest leaves v stuck wherever
+g² changes slowly (measured: −1.4% on the benchmark's loss, outside the 1%
+goal). Conversions (a state dict loaded from full precision) round to nearest.
 
 Buffers under :data:`MIN_NUMEL` elements stay float32, as bitsandbytes does:
 the codes' savings there are smaller than the scale's overhead matters and
@@ -38,8 +42,8 @@ with ``weights_only=True``, pickling and ``share_memory()`` need nothing
 special. The paths see a :class:`Blockwise` pair and use
 :func:`rmsprop.precision.load` and :func:`rmsprop.precision.store_`, which work
 the same for plain tensors: the update itself never knows how its state is
-stored. Everything here is plain torch ops, so the
-fused path compiles the decoding, the update and the encoding into its pass.
+stored. Everything here is plain torch ops, so the fused path compiles the
+decoding, the update and the encoding into its pass.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..engine import Hyper, bias_correction_factor, denominator_can_vanish
 from ..precision import load, store_, working_dtype, write_param_
-from ..quant import stored_dtype
+from ..quant import is_quantized, stored_dtype
 from .grouping import by_device_and_dtype
 
 __all__ = ["foreach_step"]
@@ -57,11 +57,11 @@ def foreach_step(
                 for i in (2, 3, 4):  # v, ḡ, b
                     if lists[i] is None:
                         continue
-                    if lists[i][0].dtype in (torch.float32, torch.float64):  # float32 state: copied exactly
-                        torch._foreach_copy_(lists[i], wide[i])
-                    else:  # bf16 or 8-bit: rounded stochastically (rmsprop.precision.store_)
+                    if is_quantized(lists[i][0]):  # 8-bit codes (rmsprop.precision.store_)
                         for buf, value, step in zip(lists[i], wide[i], t[chunk]):
                             store_(buf, value, step=step, stream=i - 2)
+                    else:
+                        torch._foreach_copy_(lists[i], wide[i])
                 if rounding_seed is None:
                     torch._foreach_copy_(lists[0], wide[0])
                 else:
