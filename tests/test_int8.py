@@ -362,3 +362,19 @@ def test_int8_state_trains_as_well_as_fp32_and_a_broken_codec_does_not():
     assert abs(run("int8") / base - 1) <= 0.01
     with quality.broken_codec("linear map for square_avg"):
         assert run("int8") / base - 1 > 0.2
+
+
+@pytest.mark.parametrize("preset", list(rmsprop.PRESETS))
+@pytest.mark.parametrize("extra", [{}, {"nesterov": True, "momentum": 0.9}, {"bias_correction": True}])
+def test_every_preset_and_knob_steps_on_codes_like_on_float32(preset, extra):
+    """Every preset (TF1's v starting at 1 included) with int8 state: the
+    foreach path equals the reference, and both stay near fp32 state."""
+    lr = {"lr": 1e-3} if rmsprop.PRESETS[preset].lr is None else {}
+    exact, ref, other = _params(torch.float64), _params(torch.float64), _params(torch.float64)
+    start = [p.detach().clone() for p in exact]
+    _train(exact, 4, preset=preset, state_precision="fp32", foreach=False, **lr, **extra)
+    _train(ref, 4, preset=preset, state_precision="int8", foreach=False, **lr, **extra)
+    _train(other, 4, preset=preset, state_precision="int8", foreach=True, **lr, **extra)
+    for p0, a, b, c in zip(start, exact, ref, other):
+        torch.testing.assert_close(c, b, rtol=1e-6, atol=1e-9)
+        assert (b - a).abs().mean() <= 0.05 * (a - p0).abs().mean() + 1e-12
