@@ -311,6 +311,8 @@ def test_a_bad_8bit_state_dict_is_refused_before_anything_changes(mutate, messag
 
 
 def test_what_int8_cannot_hold_is_refused():
+    with pytest.raises(ValueError, match="differentiable=True cannot run with state_precision='int8'"):
+        rmsprop.RMSprop([torch.nn.Parameter(torch.zeros(5000))], state_precision="int8", differentiable=True)
     z = torch.nn.Parameter(torch.zeros(5000, dtype=torch.complex64))
     z.grad = torch.ones_like(z)
     with pytest.raises(ValueError, match="needs real parameters"):

@@ -62,6 +62,9 @@ def check_group(group: dict[str, Any], *, lr_required: bool) -> None:
         raise ValueError("stochastic_rounding=True needs state_precision='fp32', 'bf16' or 'int8': under "
                          "'param' the update runs in the parameter's own dtype, so there is nothing wider "
                          "to round")
+    if group["differentiable"] and group["state_precision"] == "int8":
+        raise ValueError("differentiable=True cannot run with state_precision='int8': 8-bit codes are "
+                         "rounded integers, which carry no autograd history")
     if not isinstance(group["rounding_seed"], int) or isinstance(group["rounding_seed"], bool):
         raise ValueError(f"Invalid rounding_seed value: {group['rounding_seed']!r} (an int)")
     if group["nesterov"] and group["momentum"] == 0:
