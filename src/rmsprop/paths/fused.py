@@ -127,15 +127,24 @@ def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, 
 # check at about a microsecond per tensor, which is most of a small model's step.
 _INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
 
+# With 8-bit state each buffer's block maximum is a reduction over the new
+# values, and by default Inductor recomputes the whole update inside every
+# kernel that reads it. Realizing any value read more than once stores it
+# instead: measured on 4 × 625k fp32 params (2-core CPU), the int8 step went
+# from 8.6 to 4.9 ms plain and from 19.4 to 12.3 ms centered with momentum.
+# Structures with plain state keep Inductor's default (one loop already).
+_QUANTIZED_OPTIONS = {**_INDUCTOR_OPTIONS, "realize_reads_threshold": 1}
 
-def _compiled_for(key: tuple) -> Callable[..., None]:
+
+def _compiled_for(key: tuple, quantized: bool) -> Callable[..., None]:
     fn = _COMPILED.get(key)
     if fn is None:
         # A fresh code object per structure: Dynamo counts recompiles per code
         # object, and one optimizer may hold many structures.
         code = _step_group.__code__.replace(co_name=f"_step_group_{len(_COMPILED)}")
         body = types.FunctionType(code, _step_group.__globals__, code.co_name)
-        fn = torch.compile(body, fullgraph=True, dynamic=False, options=_INDUCTOR_OPTIONS)
+        options = _QUANTIZED_OPTIONS if quantized else _INDUCTOR_OPTIONS
+        fn = torch.compile(body, fullgraph=True, dynamic=False, options=options)
         _COMPILED[key] = fn
     return fn
 
@@ -206,7 +215,7 @@ def fused_step(
             str(device), p[0].dtype, stored_dtype(v[0]), t[0].device.type,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )
-        _compiled_for(key)(p, g, v, m, b, t, run_hyper, compute, finite, rounding_seed)
+        _compiled_for(key, is_quantized(v[0]))(p, g, v, m, b, t, run_hyper, compute, finite, rounding_seed)
 
 
 def _real(tensors: list[Tensor]) -> list[Tensor]:
