@@ -14,9 +14,9 @@ centered-with-momentum step's.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from rounds import lower_quartiles
 
 import rmsprop
 
@@ -43,14 +43,7 @@ def main() -> None:
         opts = {f"{path}{tag}": _optimizer(args.numel, **knobs, **choice, nonfinite=policy)
                 for path, choice in (("foreach", {"foreach": True}), ("fused", {"fused": True}))
                 for tag, policy in (("", "propagate"), ("+skip", "skip"))}
-        times: dict[str, list[float]] = {k: [] for k in opts}
-        for _ in range(args.rounds):
-            for key, opt in opts.items():
-                start = time.perf_counter()
-                for _ in range(3):
-                    opt.step()
-                times[key].append((time.perf_counter() - start) / 3)
-        q = {k: sorted(v)[len(v) // 4] for k, v in times.items()}
+        q = lower_quartiles(opts, args.rounds)
         for path in ("foreach", "fused"):
             plain, guarded = q[path], q[f"{path}+skip"]
             print(f"{name:>18} {path:>7}: {plain * 1e3:6.2f} ms, with the check {guarded * 1e3:6.2f} ms "

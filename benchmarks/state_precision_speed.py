@@ -16,9 +16,9 @@ random bits in the pass (integer hashing, no memory traffic).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from rounds import lower_quartiles
 
 import rmsprop
 
@@ -51,14 +51,7 @@ def main() -> None:
     for name, knobs, buffers in (("plain", {}, 1),
                                  ("centered+momentum", {"momentum": 0.9, "centered": True}, 3)):
         opts = {precision: _optimizer(args.numel, precision, **knobs) for precision in PRECISIONS}
-        times: dict[str, list[float]] = {k: [] for k in opts}
-        for _ in range(args.rounds):
-            for key, opt in opts.items():
-                start = time.perf_counter()
-                for _ in range(3):
-                    opt.step()
-                times[key].append((time.perf_counter() - start) / 3)
-        q = {k: sorted(v)[len(v) // 4] for k, v in times.items()}
+        q = lower_quartiles(opts, args.rounds)
         for precision in PRECISIONS:
             moved = _bytes(precision, buffers) * args.numel
             print(f"{name:>18} {precision:>4} state: {q[precision] * 1e3:7.2f} ms  "

@@ -53,11 +53,8 @@ def state_dtype(param: torch.Tensor, precision: str) -> torch.dtype:
     if param.is_complex():
         raise ValueError(f"state_precision={precision!r} needs real parameters (there is no complex "
                          f"{'bfloat16' if precision == 'bf16' else '8-bit state'})")
-    if precision == "int8":
-        if quant.quantized(param):
-            return torch.int8  # the signed buffers' codes; square_avg's are uint8 (new_buffer)
-        return torch.float32
-    return torch.bfloat16
+    # int8: the dtype of the buffers kept plain; larger ones hold 8-bit codes (new_buffer)
+    return torch.float32 if precision == "int8" else torch.bfloat16
 
 
 def new_buffer(param: torch.Tensor, precision: str, signed: bool, fill: float = 0.0
