@@ -101,6 +101,10 @@ class _Subclass(torch.Tensor):
         ([torch.zeros(2)], False, False, "reference"),
         ([torch.zeros(2)], True, False, "foreach"),
         ([torch.zeros(2)], None, True, "reference"),
+        # complex on CPU: PyTorch's default there, its for-loop, which only the reference path equals
+        ([torch.zeros(2, dtype=torch.complex64)], None, False, "reference"),
+        ([torch.zeros(2), torch.zeros(2, dtype=torch.complex128)], None, False, "reference"),
+        ([torch.zeros(2, dtype=torch.complex64)], True, False, "foreach"),  # an explicit choice wins
         ([torch.zeros(2).as_subclass(_Subclass)], None, False, "reference"),
         ([], None, False, "reference"),
     ],

@@ -45,27 +45,46 @@ def test_same_trajectory_and_state_as_torch(name, knobs, dtype, foreach):
     assert ours.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
 
 
-@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("name,knobs", TORCH_EXPRESSIBLE, ids=[n for n, _ in TORCH_EXPRESSIBLE])
-def test_default_paths_keep_the_drop_in_promise(name, knobs, dtype, rtol):
-    """Both classes on their default path (ours: cache-blocked foreach on CPU;
-    PyTorch's: the for-loop): real parameters bit for bit, complex ones within
-    the promised tolerance (PyTorch's own two paths round complex weight decay
-    differently)."""
+def test_default_paths_keep_the_drop_in_promise(name, knobs, dtype):
+    """Both classes on their default path (ours: cache-blocked foreach on CPU,
+    the reference path for a group holding complex parameters; PyTorch's: the
+    for-loop): bit for bit, complex parameters included."""
     base = make_params(dtype, complex_too=True)
     stream = grad_stream(base, STEPS)
     ours_p, theirs_p = clone_params(base), clone_params(base)
     ours = run(rmsprop.RMSprop, ours_p, stream, **knobs)
     theirs = run(torch.optim.RMSprop, theirs_p, stream, **knobs)
-    for p, q in zip(ours_p, theirs_p):
-        if p.is_complex():
-            torch.testing.assert_close(p, q, rtol=rtol, atol=0)
-            for key, value in theirs.state[q].items():
-                torch.testing.assert_close(ours.state[p][key], value, rtol=rtol, atol=rtol)
+    assert_same_optimizer(ours, theirs, ours_p, theirs_p)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["complex64", "complex128"])
+def test_default_paths_agree_on_complex_weight_decay_for_every_seed(dtype):
+    """Swap the import and nothing else moves, on the default paths too, at
+    every step. With weight decay PyTorch's foreach and for-loop paths round a
+    complex update 1 ulp apart (the for-loop adds λ·θ in complex arithmetic),
+    in 43 to 50 of 50 seeds measured: our default on CPU must be the path
+    PyTorch's default is there, its for-loop (our reference path)."""
+    differ = {}
+    for seed in range(50):
+        knobs = dict(weight_decay=0.1, momentum=0.9 * (seed % 2), centered=seed % 4 >= 2)
+        gen = torch.Generator().manual_seed(seed)
+        base = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in ((5,), (3, 4), ())]
+        base.append(torch.nn.Parameter(torch.randn(4, generator=gen, dtype=dtype.to_real())))  # a real one
+        ours_p, theirs_p = clone_params(base), clone_params(base)
+        ours, theirs = rmsprop.RMSprop(ours_p, **knobs), torch.optim.RMSprop(theirs_p, **knobs)
+        for t, grads in enumerate(grad_stream(base, 30, seed=1000 + seed)):
+            for p, q, g in zip(ours_p, theirs_p, grads):
+                p.grad, q.grad = g, None if g is None else g.clone()
+            ours.step()
+            theirs.step()
+            if not all(torch.equal(p, q) for p, q in zip(ours_p, theirs_p)):
+                differ[seed] = t
+                break
         else:
-            assert torch.equal(p, q)
-            for key, value in theirs.state[q].items():
-                assert torch.equal(ours.state[p][key], value), key
+            assert_same_optimizer(ours, theirs, ours_p, theirs_p)
+    assert differ == {}, f"seeds differing (at step): {differ}"
 
 
 @pytest.mark.parametrize("lr", [torch.tensor(0.01), torch.tensor([0.01]), torch.tensor([[0.01]])],

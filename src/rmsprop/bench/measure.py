@@ -8,7 +8,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -75,15 +75,15 @@ class CaseResult:
     our_default: str  # which of our paths rmsprop.RMSprop() picks here
 
 
-def torch_default_path(params: list[torch.Tensor]) -> str:
+def torch_default_path(params: Sequence[torch.Tensor]) -> str:
     """The path ``torch.optim.RMSprop(params)`` takes: the for-loop on CPU, foreach on CUDA."""
     from torch.optim.optimizer import _default_to_fused_or_foreach
 
-    _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    _, foreach = _default_to_fused_or_foreach(list(params), differentiable=False, use_fused=False)
     return "torch-foreach" if foreach else "torch-forloop"
 
 
-def our_default_path(params: list[torch.Tensor]) -> str:
+def our_default_path(params: Sequence[torch.Tensor]) -> str:
     """The path ``rmsprop.RMSprop(params)`` takes (fused=None, foreach=None)."""
     return choose_path(params, foreach=None, differentiable=False, fused=None)
 
@@ -94,9 +94,9 @@ def _make_optimizer(path: str, params: list[torch.nn.Parameter], config: str) ->
         foreach = {"torch-forloop": False, "torch-foreach": True, "torch-compile": None}[path]
         return torch.optim.RMSprop(params, lr=LR, foreach=foreach, **knobs)
     base, _, policy = path.partition("+")
-    choice = {"reference": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
-              "fused": dict(foreach=False, fused=True)}[base]
-    return rmsprop.RMSprop(params, lr=LR, **choice, **knobs, nonfinite=policy or "propagate")
+    foreach, fused = {"reference": (False, False), "foreach": (True, False), "fused": (False, True)}[base]
+    return rmsprop.RMSprop(params, lr=LR, foreach=foreach, fused=fused, **knobs,
+                           nonfinite=policy or "propagate")
 
 
 def _step_function(path: str, opt: torch.optim.Optimizer) -> Step:

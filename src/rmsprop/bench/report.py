@@ -223,20 +223,21 @@ def goals(results: list[CaseResult], roofline: Roofline) -> list[dict[str, Any]]
     parts = []
     for label, cr in (("32M/16", _find(results, numel=2**25, tensors=16)),
                       ("GPT-2", _find(results, name="GPT-2 small"))):
-        fused = cr and cr.results.get("fused")
-        compiled = cr and cr.results.get("torch-compile")
-        if fused and compiled and fused.median_s and compiled.median_s:
-            parts.append(f"{label}: fused step = {fused.median_s / compiled.median_s:.2f}× torch.compile's "
-                         f"time, first step {format_time(fused.first_step_s)} vs "
-                         f"{format_time(compiled.first_step_s)}")
+        fused_run = cr.results.get("fused") if cr else None
+        compiled_run = cr.results.get("torch-compile") if cr else None
+        if fused_run and compiled_run and fused_run.median_s and compiled_run.median_s:
+            parts.append(f"{label}: fused step = {fused_run.median_s / compiled_run.median_s:.2f}× "
+                         f"torch.compile's time, first step {format_time(fused_run.first_step_s)} vs "
+                         f"{format_time(compiled_run.first_step_s)}")
     cr = _find(results, schedule=True)
-    fused = cr and cr.results.get("fused")
-    compiled = cr and cr.results.get("torch-compile")
-    if fused and compiled and fused.skipped is None and compiled.skipped is None:
-        limit = ", then hit Dynamo's recompile limit and ran eager" if compiled.recompile_limit_hit else ""
-        parts.append(f"under ExponentialLR torch.compile recompiled {compiled.recompiles}× in "
-                     f"{compiled.steps} steps{limit} ({format_time(compiled.total_s)} in all), "
-                     f"fused {fused.recompiles} recompiles ({format_time(fused.total_s)})")
+    fused_run = cr.results.get("fused") if cr else None
+    compiled_run = cr.results.get("torch-compile") if cr else None
+    if fused_run and compiled_run and fused_run.skipped is None and compiled_run.skipped is None:
+        limit = (", then hit Dynamo's recompile limit and ran eager"
+                 if compiled_run.recompile_limit_hit else "")
+        parts.append(f"under ExponentialLR torch.compile recompiled {compiled_run.recompiles}× in "
+                     f"{compiled_run.steps} steps{limit} ({format_time(compiled_run.total_s)} in all), "
+                     f"fused {fused_run.recompiles} recompiles ({format_time(fused_run.total_s)})")
     add("torch-compile", "vs torch.compile: " + ("; ".join(parts) if parts else
         "not measured (needs paths fused and torch-compile)"))
 
@@ -311,8 +312,8 @@ def plot(filename: str, shown: list[tuple[Case, CaseResult]], roofline: Roofline
         xs_of = (lambda c: c.workload.tensors) if by_count else (lambda c: c.workload.numel)
         names = list(dict.fromkeys(p for _, cr in items for p in cr.results))
         for name in names:
-            pts = [(xs_of(c), cr.results[name].median_s * 1e3) for c, cr in items
-                   if name in cr.results and cr.results[name].median_s]
+            pts = [(xs_of(c), median * 1e3) for c, cr in items
+                   if name in cr.results and (median := cr.results[name].median_s)]
             if pts:
                 style = "--" if name.startswith("torch") else "-"
                 ax.plot(*zip(*pts), style, marker="o", markersize=4, label=name)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 __all__ = [
-    "SUITES", "CONFIGS", "BYTES_PER_PARAM", "SIZES", "COUNTS", "COUNT_TOTAL", "SCHEDULE_TOTAL",
+    "SUITES", "CONFIGS", "Knobs", "BYTES_PER_PARAM", "SIZES", "COUNTS", "COUNT_TOTAL", "SCHEDULE_TOTAL",
     "Workload", "Case", "split", "gpt2_small_shapes", "resnet50_shapes", "rl_mlp_shapes", "build_cases",
     "format_count",
 ]
@@ -16,8 +17,15 @@ Shape = tuple[int, ...]
 #: Suites in the order they run; "all" means every one but "quick".
 SUITES = ("quick", "size", "count", "models", "rl", "schedule")
 
+class Knobs(TypedDict, total=False):
+    """The settings a config changes from PyTorch's defaults (both optimizers take them)."""
+
+    centered: bool
+    momentum: float
+
+
 #: Optimizer settings per config (lr and everything else at PyTorch's defaults).
-CONFIGS: dict[str, dict[str, object]] = {
+CONFIGS: dict[str, Knobs] = {
     "plain": {},
     "centered-momentum": {"centered": True, "momentum": 0.9},
 }
