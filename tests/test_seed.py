@@ -104,3 +104,17 @@ def test_signature_and_engine():
     assert isinstance(opt, rmsprop.RMSprop)  # the same engine, not a second implementation
     group = opt.param_groups[0]
     assert (group["preset"], group["alpha"], group["eps_in_sqrt"]) == ("seed", 0.9, True)
+
+
+@pytest.mark.parametrize("gamma", [1.5, -0.1, float("nan")])
+def test_a_bad_gamma_is_reported_as_gamma(gamma):
+    with pytest.raises(ValueError, match=r"^Invalid gamma value: .* \(must lie in \[0, 1\]\)$") as info:
+        RMSPropOptimizer([torch.nn.Parameter(torch.zeros(1))], gamma=gamma)
+    assert str(info.value) == f"Invalid gamma value: {gamma} (must lie in [0, 1])"
+    assert "alpha" not in str(info.value)
+
+
+def test_gamma_at_the_ends_of_its_range_is_accepted():
+    for gamma in (0.0, 1.0):
+        opt = RMSPropOptimizer([torch.nn.Parameter(torch.zeros(1))], gamma=gamma)
+        assert opt.param_groups[0]["alpha"] == gamma

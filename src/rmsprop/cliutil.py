@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
-    "Progress", "UsageError", "add_json_option", "comma_list", "figure", "guarded", "positive_int", "pyplot",
-    "require_matplotlib", "save_png", "text_stream", "torch_threads", "write_json",
+    "Progress", "UsageError", "add_json_option", "comma_list", "figure", "guarded", "integer",
+    "json_target", "line_buffered", "number", "output_file", "positive_float", "positive_int", "pyplot",
+    "require_matplotlib", "save_png", "seed_int", "text_stream", "thread_count", "torch_threads",
+    "unit_interval", "write_json",
 ]
 
 
@@ -27,16 +32,85 @@ class UsageError(Exception):
 
 
 # ---------------------------------------------------------------- option types
+#
+# Every numeric option is parsed by one of these argparse types, so a bad value is refused
+# while the command line is read, before any work: argparse then prints one line,
+# "rmsprop COMMAND: error: argument --NAME: ...", and exits with code 2 (see cli.main).
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def integer(low: int = 1, high: int | None = None, *, span: str | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (``None``: no upper end); ``span`` words the
+    range in the error message where the numbers themselves would not read well."""
+    span = span or (f"of at least {low}" if high is None else f"from {low} to {high}")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {text}")
+        return value
+
+    return parse
+
+
+def number(low: float = -math.inf, high: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in [low, high], or in (low, high] with ``above``."""
+    if high == math.inf:
+        span = f"above {low:g}" if above else f"of at least {low:g}"
+    else:
+        span = f"in {'(' if above else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        inside = low < value if above else low <= value
+        if not (math.isfinite(value) and inside and value <= high):
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text}")
+        return value
+
+    return parse
+
+
+#: A count: an integer of at least 1 (epochs, steps, rounds, batch sizes).
+positive_int = integer(1)
+
+#: A learning rate, or any other number that must be finite and above 0.
+positive_float = number(0.0, above=True)
+
+#: A decay rate such as gamma or alpha: finite, in [0, 1].
+unit_interval = number(0.0, 1.0)
+
+#: A seed: torch.manual_seed's range (a negative seed s stands for 2**64 - 1 + s there).
+seed_int = integer(-(2**63), 2**64 - 1, span="from -2**63 to 2**64 - 1")
+
+
+def thread_count(text: str) -> int:
+    """An argparse type: torch threads, from 1 to the number of CPUs here (more only wait on each
+    other, and an absurd count crashes torch)."""
+    cpus = os.cpu_count() or 1
+    return integer(1, cpus, span=f"from 1 to {cpus} (the CPUs here)")(text)
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file the command can create, checked before the run (which may take
+    minutes) rather than when it writes: its directory exists and is writable."""
+    path = Path(text)
+    folder = path.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: '{folder}'")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{path}' is a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write into '{folder}'")
+    return text
+
+
+def json_target(text: str) -> str:
+    """An argparse type: ``-`` (stdout) or an :func:`output_file`."""
+    return text if text == "-" else output_file(text)
 
 
 def comma_list(allowed: tuple[str, ...], extra: dict[str, tuple[str, ...]] | None = None
@@ -44,7 +118,7 @@ def comma_list(allowed: tuple[str, ...], extra: dict[str, tuple[str, ...]] | Non
     """An argparse type for comma lists of ``allowed`` names (``extra`` names expand to several)."""
 
     def parse(text: str) -> list[str]:
-        items = []
+        items: list[str] = []
         for item in (x.strip() for x in text.split(",")):
             if extra and item in extra:
                 items += extra[item]
@@ -60,8 +134,9 @@ def comma_list(allowed: tuple[str, ...], extra: dict[str, tuple[str, ...]] | Non
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     """``--json FILE|-``, the same in every command."""
-    parser.add_argument("--json", metavar="FILE", help="write the numbers as JSON to FILE, or - for stdout "
-                                                      "(what the command prints then goes to stderr)")
+    parser.add_argument("--json", metavar="FILE", type=json_target,
+                        help="write the numbers as JSON to FILE, or - for stdout "
+                             "(what the command prints then goes to stderr)")
 
 
 def guarded(command: str, body: Callable[[], int], needs_matplotlib: bool = False) -> int:
@@ -92,6 +167,24 @@ def write_json(data: Any, target: str) -> None:
     else:
         with open(target, "w") as f:
             f.write(text + "\n")
+
+
+@contextmanager
+def line_buffered(stream: IO[str]) -> Iterator[None]:
+    """Flush ``stream`` at every newline during the block, then restore its buffering.
+
+    Python block-buffers stdout when it is a pipe or a file, so ``rmsprop demo | tee log``
+    would show nothing until 8 KiB had gathered; a command's lines are its progress. A stream
+    that cannot be reconfigured (a ``StringIO``) is left alone."""
+    before = getattr(stream, "line_buffering", None)
+    if before is None or not hasattr(stream, "reconfigure"):
+        yield
+        return
+    stream.reconfigure(line_buffering=True)
+    try:
+        yield
+    finally:
+        stream.reconfigure(line_buffering=before)
 
 
 def require_matplotlib(extra: str = "plot") -> None:

@@ -61,9 +61,12 @@ from .cliutil import (
     add_json_option,
     figure,
     guarded,
+    output_file,
     positive_int,
     save_png,
+    seed_int,
     text_stream,
+    thread_count,
     torch_threads,
     write_json,
 )
@@ -352,6 +355,9 @@ def _seeds(text: str) -> list[int | str]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a comma list of integers (or {NOTEBOOK}), "
                                          f"got {text!r}") from None
+    for seed in seeds:
+        if seed != NOTEBOOK:
+            seed_int(str(seed))  # in torch.manual_seed's range, or the same error as demo --seed
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"a seed is repeated in {text!r}")
     return seeds
@@ -367,10 +373,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              f"notebook's start (default: digits 0,1,2, seed {NOTEBOOK})")
     parser.add_argument("--epochs", type=positive_int, help="epochs per run (default: digits 20, seed 10)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="digits minibatch (default: 64)")
-    parser.add_argument("--threads", type=positive_int, default=1,
+    parser.add_argument("--threads", type=thread_count, default=1,
                         help="torch threads while training: the models are tiny, and on a busy machine more "
                              "threads mostly wait on each other (default: %(default)s)")
-    parser.add_argument("--out", metavar="FILE.png",
+    parser.add_argument("--out", metavar="FILE.png", type=output_file,
                         help="the picture (needs matplotlib); the numbers go to FILE.csv and FILE.json "
                              "beside it")
     add_json_option(parser)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cliutil import positive_int
+from .cliutil import positive_float, positive_int, seed_int, unit_interval
 from .seed import RMSPropOptimizer
 
 __all__ = [
@@ -87,31 +87,38 @@ def initial_model(seed: int | None = None) -> torch.nn.Linear:
     return model
 
 
+EpochHook = Callable[[int, float], None]
+
+
 def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-          y: torch.Tensor, epochs: int) -> list[float]:
-    """The notebook's training-loop cell; returns each epoch's loss instead of printing it."""
+          y: torch.Tensor, epochs: int, on_epoch: EpochHook | None = None) -> list[float]:
+    """The notebook's training-loop cell; returns each epoch's loss instead of printing it,
+    and passes (epoch from 1, loss) to ``on_epoch`` as it goes, where the notebook printed."""
     criterion = torch.nn.MSELoss()
     losses = []
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         optimizer.zero_grad()
         y_pred = model(x)
         loss = criterion(y_pred, y)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
     return losses
 
 
 def _notebook_losses(make_optimizer: OptimizerFactory, epochs: int,
-                     seed: int | None) -> list[float]:
+                     seed: int | None, on_epoch: EpochHook | None = None) -> list[float]:
     model = initial_model(seed)
-    return train(model, make_optimizer(model.parameters()), *notebook_data(), epochs)
+    return train(model, make_optimizer(model.parameters()), *notebook_data(), epochs, on_epoch)
 
 
 def seed_losses(epochs: int = 10, lr: float = 0.01, gamma: float = 0.9,
-                seed: int | None = None) -> list[float]:
-    """Part 1: RMSPropOptimizer's loss at each epoch on the notebook's problem."""
-    return _notebook_losses(lambda p: RMSPropOptimizer(p, lr=lr, gamma=gamma), epochs, seed)
+                seed: int | None = None, on_epoch: EpochHook | None = None) -> list[float]:
+    """Part 1: RMSPropOptimizer's loss at each epoch on the notebook's problem (``on_epoch``:
+    see :func:`train`)."""
+    return _notebook_losses(lambda p: RMSPropOptimizer(p, lr=lr, gamma=gamma), epochs, seed, on_epoch)
 
 
 def sgd_losses(epochs: int = 10, lr: float = 0.01, seed: int | None = None) -> list[float]:
@@ -192,18 +199,19 @@ def lower_message(name_a: str, loss_a: float, name_b: str, loss_b: float) -> str
     return f"{low} ends lower: {low_loss:.4f} vs {high}'s {high_loss:.4f}"
 
 
-def _print_notebook(args: argparse.Namespace, initial_error: float, losses: list[float]) -> None:
+def _print_notebook_head(args: argparse.Namespace, initial_error: float) -> None:
     start = ("weight [0, 0], bias 1 + e0 (the notebook's)" if args.seed is None
              else f"torch.manual_seed({args.seed}), then Linear(2, 1)'s init")
     print("== 1. The seed notebook: RMSPropOptimizer, Linear(2, 1), x=[[1., 2.]], y=[[1.]] ==")
     print(f"start: {start}, e0 = {initial_error:+.6f}; lr={args.lr:g}, gamma={args.gamma:g}")
-    for epoch, loss in enumerate(losses, start=1):
-        print(f"Epoch {epoch}, Loss = {loss:.4f}")
+
+
+def _print_epoch(epoch: int, loss: float) -> None:
+    print(f"Epoch {epoch}, Loss = {loss:.4f}")
 
 
 def _print_sgd_comparison(args: argparse.Namespace, rmsprop: list[float],
                           sgd: list[float]) -> None:
-    print(f"\n== 2. Plain SGD from the same start, lr={args.lr:g}, {args.epochs} epochs ==")
     print(f"final loss: RMSProp {rmsprop[-1]:.4f}, SGD {sgd[-1]:.4f}")
     message = lower_message("SGD", sgd[-1], "RMSProp", rmsprop[-1])
     print(message + ".")
@@ -242,24 +250,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to ``parser`` and make :func:`run` its action."""
     parser.add_argument("--epochs", type=positive_int, default=10,
                         help="epochs for parts 1 and 2 (default: %(default)s, the notebook's)")
-    parser.add_argument("--lr", type=float, default=0.01,
+    parser.add_argument("--lr", type=positive_float, default=0.01,
                         help="learning rate for parts 1 and 2 (default: %(default)s)")
-    parser.add_argument("--gamma", type=float, default=0.9,
+    parser.add_argument("--gamma", type=unit_interval, default=0.9,
                         help="RMSProp's decay rate gamma for part 1 (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=seed_int, default=None,
                         help="start parts 1 and 2 from torch.manual_seed(SEED) and PyTorch's "
                              "random init (default: the start that reproduces the notebook)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compute the three parts, then print them; return the exit code."""
+    """Print the three parts as they are computed (part 1 epoch by epoch, as the notebook did);
+    return the exit code."""
     x, y = notebook_data()
-    initial_error = (initial_model(args.seed)(x) - y).item()
-    rmsprop = seed_losses(args.epochs, args.lr, args.gamma, args.seed)
+    _print_notebook_head(args, (initial_model(args.seed)(x) - y).item())
+    rmsprop = seed_losses(args.epochs, args.lr, args.gamma, args.seed, on_epoch=_print_epoch)
+    print(f"\n== 2. Plain SGD from the same start, lr={args.lr:g}, {args.epochs} epochs ==")
     sgd = sgd_losses(args.epochs, args.lr, args.seed)
-    scale = compare_on_badly_scaled_data()
-    _print_notebook(args, initial_error, rmsprop)
     _print_sgd_comparison(args, rmsprop, sgd)
-    _print_scale_comparison(scale)
+    _print_scale_comparison(compare_on_badly_scaled_data())
     return 0

@@ -22,7 +22,7 @@ class RMSPropOptimizer(RMSprop):
     Args:
         params: iterable of parameters (or param groups) to optimize.
         lr: learning rate η (default: 0.01).
-        gamma: decay rate of the moving average of squared gradients (default: 0.9).
+        gamma: decay rate of the moving average of squared gradients, in [0, 1] (default: 0.9).
         eps: numerical stability term, added inside the square root (default: 1e-8).
 
     Example:
@@ -36,4 +36,8 @@ class RMSPropOptimizer(RMSprop):
     """
 
     def __init__(self, params: ParamsT, lr: float = 0.01, gamma: float = 0.9, eps: float = 1e-8):
+        # gamma is passed on as alpha: check it here, or its error would name an argument
+        # this class does not have. Everything else is RMSprop's own check.
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"Invalid gamma value: {gamma} (must lie in [0, 1])")
         super().__init__(params, lr=lr, alpha=gamma, eps=eps, preset="seed")

@@ -57,6 +57,8 @@ from .cliutil import (
     comma_list,
     figure,
     guarded,
+    output_file,
+    positive_float,
     positive_int,
     save_png,
     text_stream,
@@ -318,21 +320,16 @@ def animate(filename: str, results: list[tuple[Surface, list[Run]]], frames: int
 # ---------------------------------------------------------------- command line
 
 def _start(text: str) -> tuple[float, float]:
+    """X,Y: finite and inside the box beyond which a path counts as diverged (a start outside
+    it would end every path before its first point)."""
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected X,Y, got {text!r}") from None
+    if not all(math.isfinite(v) and abs(v) <= DIVERGED for v in (x, y)):
+        raise argparse.ArgumentTypeError(f"X and Y must be finite and within ±{DIVERGED:g} "
+                                         f"(where a path counts as diverged), got {text}")
     return x, y
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -343,11 +340,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_lineup_options(parser, "per function")
     parser.add_argument("--steps", type=positive_int, help="steps per path (default: per function)")
     parser.add_argument("--start", type=_start, metavar="X,Y", help="start point (default: per function)")
-    parser.add_argument("--tol", type=_positive_float, default=0.01,
+    parser.add_argument("--tol", type=positive_float, default=0.01,
                         help="distance to a minimum that counts as reaching it (default: %(default)s)")
-    parser.add_argument("--out", metavar="FILE.png",
+    parser.add_argument("--out", metavar="FILE.png", type=output_file,
                         help="the picture (needs matplotlib); the numbers go to FILE.json beside it")
-    parser.add_argument("--gif", metavar="FILE.gif", help="the same picture, animated (needs matplotlib)")
+    parser.add_argument("--gif", metavar="FILE.gif", type=output_file,
+                        help="the same picture, animated (needs matplotlib)")
     add_json_option(parser)
     parser.set_defaults(run=run)
 
