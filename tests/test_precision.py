@@ -186,6 +186,6 @@ def test_stochastic_rounding_needs_a_wider_update_and_bf16_params():
     with pytest.raises(ValueError, match="stochastic_rounding=True needs state_precision"):
         rmsprop.RMSprop([torch.zeros(1, requires_grad=True)], stochastic_rounding=True)
     p = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
-    p.grad = torch.ones_like(p)
-    with pytest.raises(ValueError, match="supports bfloat16 parameters, not torch.float16"):
-        rmsprop.RMSprop([p], state_precision="fp32", stochastic_rounding=True, foreach=False).step()
+    message = r"parameter 0 of param group 0: stochastic_rounding supports bfloat16 parameters \(wider"
+    with pytest.raises(ValueError, match=message + r" ones are written as they are\), not torch.float16"):
+        rmsprop.RMSprop([p], state_precision="fp32", stochastic_rounding=True, foreach=False)

@@ -16,6 +16,7 @@ import torch
 
 import rmsprop
 from rmsprop.paths import PATHS
+from rmsprop.paths.grouping import StepTensors
 
 from cases import pairwise_combinations
 from helpers import clone_params, grad_stream, make_params
@@ -162,9 +163,10 @@ def test_every_path_obeys_a_false_finite_flag(path):
                                  maximize=False, eps_in_sqrt=False, lr_in_momentum=False, nesterov=False,
                                  decoupled_weight_decay=False, bias_correction=True)
     before = [x.clone() for x in (*params, *v, *m, *b, *t)]
-    PATHS[path](params, grads, v, m, b, t, hyper, finite=torch.tensor(False))
+    tensors = StepTensors(params, grads, v, m, b, t, list(range(len(params))))
+    PATHS[path](tensors, hyper, finite=torch.tensor(False))
     assert all(torch.equal(x, y) for x, y in zip((*params, *v, *m, *b, *t), before))
-    PATHS[path](params, grads, v, m, b, t, hyper, finite=torch.tensor(True))
+    PATHS[path](tensors, hyper, finite=torch.tensor(True))
     assert all(float(s) == 3.0 for s in t)
     assert not torch.equal(params[1], before[1])
 

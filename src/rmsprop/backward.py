@@ -15,8 +15,8 @@ What it cannot honour, and how each is refused:
 
 - ``optimizer.step()`` (with or without a closure), and so ``GradScaler.step``:
   RuntimeError while attached (the parameters were already stepped).
-- ``nonfinite="skip"`` or ``"raise"``: refused when attaching (deciding on all
-  gradients together needs them all at once).
+- ``nonfinite="skip"`` or ``"raise"``: refused when attaching, and setting
+  it while attached (deciding on all gradients together needs them all at once).
 - Gradient accumulation over several backward calls, and global-norm
   clipping: every backward call is one step, and after it no gradient is
   left to clip or to add to. Nothing can detect these from inside the
@@ -34,30 +34,50 @@ import torch
 from torch import Tensor
 
 from .optimizer import RMSprop
+from .plan import plan_group, run_group
 
 __all__ = ["step_in_backward", "BackwardStepHandle"]
 
 
 class BackwardStepHandle:
-    """Returned by :func:`step_in_backward`; ``remove()`` detaches the hooks."""
+    """Returned by :func:`step_in_backward`; ``remove()`` detaches the hooks.
+    Groups added later with ``add_param_group`` are hooked as they come."""
 
     def __init__(self, optimizer: RMSprop) -> None:
         self.optimizer = optimizer
-        self._hooks = []
+        self._hooks: list[Any] = []
+        # p -> (its group's index, the index of that group's first parameter)
+        self._where: dict[Tensor, tuple[int, int]] = {}
+        self._layout: tuple = ()
         for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    self._hooks.append(p.register_post_accumulate_grad_hook(self._step_one))
-        self._group_of = {p: group for group in optimizer.param_groups for p in group["params"]}
+            self.attach(group)
+
+    def attach(self, group: dict[str, Any]) -> None:
+        """Hook every parameter of ``group`` that requires grad."""
+        for p in group["params"]:
+            if p.requires_grad:
+                self._hooks.append(p.register_post_accumulate_grad_hook(self._step_one))
+
+    def _locate(self, p: Tensor) -> tuple[int, int]:
+        """(group index, offset) of ``p``'s group, found again when the groups changed."""
+        groups = self.optimizer.param_groups
+        layout = tuple((id(group), id(group["params"]), len(group["params"])) for group in groups)
+        if layout != self._layout:
+            self._where, offset = {}, 0
+            for g, group in enumerate(groups):
+                for q in group["params"]:
+                    self._where[q] = (g, offset)
+                offset += len(group["params"])
+            self._layout = layout
+        return self._where[p]
 
     @torch.no_grad()
     def _step_one(self, p: Tensor) -> None:
         opt = self.optimizer
-        group = self._group_of.get(p)
-        if group is None or group not in opt.param_groups:  # regrouped since attaching
-            group = next(g for g in opt.param_groups if any(q is p for q in g["params"]))
-            self._group_of[p] = group
-        opt._apply(group, opt._gather_group({**group, "params": [p]}))
+        g, offset = self._locate(p)
+        plan = plan_group(opt, g, opt.param_groups[g], offset, only=p)
+        if plan is not None:
+            run_group(opt, plan)
         p.grad = None
         # LR schedulers warn when they step before the optimizer ever has;
         # here the optimizer steps without step(), so say that it did.

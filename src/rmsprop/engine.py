@@ -30,7 +30,8 @@ Scalar = float | Tensor
 
 
 class Hyper(NamedTuple):
-    """The resolved knobs of one param group, as the engine reads them.
+    """The resolved knobs of one param group, as the engine reads them: the
+    "runtime" and "structure" rows of :data:`rmsprop.settings.SETTINGS`.
 
     Numbers are Python scalars, so no value is rounded below the parameter's
     precision, or 0-d tensors: ``lr`` when the group is capturable, and on the
@@ -40,10 +41,10 @@ class Hyper(NamedTuple):
     """
 
     lr: Scalar
-    alpha: float
-    eps: float
-    weight_decay: float
-    momentum: float
+    alpha: Scalar
+    eps: Scalar
+    weight_decay: Scalar
+    momentum: Scalar
     centered: bool
     maximize: bool
     eps_in_sqrt: bool
@@ -62,7 +63,7 @@ class NewState(NamedTuple):
     momentum_buffer: Tensor | None
 
 
-def bias_correction_factor(alpha: float, step: Tensor, like: Tensor) -> Tensor:
+def bias_correction_factor(alpha: Scalar, step: Tensor, like: Tensor) -> Tensor:
     """1 − αᵗ as a 0-d tensor on ``like``'s device, at ``like``'s precision or wider.
 
     Computed from the step tensor, never read back to the host.

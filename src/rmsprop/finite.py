@@ -15,18 +15,65 @@ update starts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-__all__ = ["POLICIES", "finite_flags", "check_policy"]
+if TYPE_CHECKING:
+    from .optimizer import RMSprop
+    from .plan import GroupPlan
+
+__all__ = ["POLICIES", "finite_flags", "check_policy", "verdict"]
 
 POLICIES = ("propagate", "skip", "raise")
 
 
-def check_policy(nonfinite: str) -> None:
-    if nonfinite not in POLICIES:
+def check_policy(nonfinite: object) -> None:
+    if not isinstance(nonfinite, str) or nonfinite not in POLICIES:
         raise ValueError(f"Invalid nonfinite value: {nonfinite!r} (one of {', '.join(map(repr, POLICIES))})")
+
+
+def verdict(opt: RMSprop, plans: list[GroupPlan]) -> bool | Tensor:
+    """Apply the optimizer's policy to a planned step, before anything changes.
+
+    Returns True (go on), False (skip this step; counted in every group) or,
+    where the gradients live on an accelerator and the policy is "skip", a
+    0-d bool tensor that the paths obey without a host sync (its count is
+    added to ``opt._pending_skips``). Raises FloatingPointError for "raise".
+    """
+    if opt.nonfinite == "propagate":
+        return True
+    grads = [grad for plan in plans for grad in plan.grads]
+    if not grads:
+        return True
+    flags = finite_flags(grads)
+    if opt.nonfinite == "raise":
+        if not bool(flags.all()):
+            from .plan import who
+
+            first = int((~flags).nonzero()[0])
+            for plan in plans:
+                if first < len(plan.params):
+                    break
+                first -= len(plan.params)
+            p = plan.params[first]
+            step = int(opt.state[p]["step"]) + 1 if opt.state.get(p) else 1
+            raise FloatingPointError(
+                f"non-finite gradient (NaN or Inf) for {who(plan, first)} at step {step}; "
+                "nothing was changed (nonfinite='raise')"
+            )
+        return True
+    finite = flags.all()
+    if finite.is_cpu:
+        if bool(finite):
+            return True
+        for group in opt.param_groups:
+            group["skipped_steps"] += 1
+        return False
+    skipped = (~finite).to(torch.int64)
+    opt._pending_skips = skipped if opt._pending_skips is None else opt._pending_skips + skipped
+    return finite
 
 
 def finite_flags(tensors: Sequence[Tensor]) -> Tensor:

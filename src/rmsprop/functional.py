@@ -7,15 +7,15 @@ library's semantic knobs as keywords, defaulting to PyTorch's semantics.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
 from torch.nn import Parameter
 
 from .engine import Hyper
 from .paths import PATHS, choose_path
+from .paths.grouping import StepTensors
+from .settings import hyper_from
 
-__all__ = ["rmsprop", "make_hyper", "apply"]
+__all__ = ["rmsprop", "apply", "local_tensors"]
 
 
 def rmsprop(
@@ -59,68 +59,49 @@ def rmsprop(
         raise RuntimeError(
             "API has changed, `state_steps` argument must contain a list of singleton tensors"
         )
-    hyper = make_hyper(
-        lr, capturable,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-        eps_in_sqrt=eps_in_sqrt,
-        lr_in_momentum=lr_in_momentum,
-        nesterov=nesterov,
-        decoupled_weight_decay=decoupled_weight_decay,
-        bias_correction=bias_correction,
-    )
-    apply(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, hyper,
-          foreach=foreach, differentiable=differentiable, fused=fused)
+    n = len(params)
+    lists = {"grads": grads, "square_avgs": square_avgs, "state_steps": state_steps}
+    if centered:
+        lists["grad_avgs"] = grad_avgs
+    if momentum != 0:
+        lists["momentum_buffer_list"] = momentum_buffer_list
+    for name, xs in lists.items():
+        if len(xs) != n:
+            raise ValueError(f"{name} has {len(xs)} entries for {n} params: one per parameter")
+    group = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
+             "centered": centered, "maximize": maximize, "eps_in_sqrt": eps_in_sqrt,
+             "lr_in_momentum": lr_in_momentum, "nesterov": nesterov,
+             "decoupled_weight_decay": decoupled_weight_decay, "bias_correction": bias_correction,
+             "capturable": capturable}
+    tensors = StepTensors(params, grads, square_avgs, grad_avgs if centered else [],
+                          momentum_buffer_list if momentum != 0 else [], state_steps, list(range(n)))
+    path = choose_path(local_tensors(params, differentiable), foreach, differentiable, fused)
+    apply(tensors, hyper_from(group), path=path)
 
 
-def make_hyper(lr: float | Tensor, capturable: bool, **knobs: Any) -> Hyper:
-    """The engine's hyperparameters. A tensor ``lr`` is read as a Python number
-    unless ``capturable=True``, as PyTorch does; then it stays a tensor."""
-    if isinstance(lr, Tensor):
-        lr = lr.reshape(()) if capturable else lr.item()
-    return Hyper(lr=lr, **knobs)
+def apply(t: StepTensors, hyper: Hyper, *, path: str, differentiable: bool = False,
+          finite: Tensor | None = None, rounding_seed: int | None = None) -> None:
+    """Run path ``path`` (as :func:`rmsprop.paths.choose_path` picked it) on these tensors.
 
-
-def apply(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_buffers: list[Tensor],
-    steps: list[Tensor],
-    hyper: Hyper,
-    *,
-    foreach: bool | None,
-    differentiable: bool,
-    fused: bool | None,
-    finite: Tensor | None = None,
-    rounding_seed: int | None = None,
-) -> None:
-    """Pick the path for these tensors (:func:`rmsprop.paths.choose_path`) and run it.
-
+    Everything that can fail was decided before: a path raises no user error.
     ``finite``: a 0-d bool tensor; where it is False the step changes nothing
     (the fused path obeys it on the device, the others read it on the host).
     ``rounding_seed``: write bfloat16 parameters updated at a wider precision
     back with stochastic rounding drawn from this seed (rmsprop.precision)."""
-    if params and type(params[0]) not in _PLAIN and not differentiable:
+    if t.params and type(t.params[0]) not in _PLAIN and not differentiable:
         # DTensor parameters (FSDP2): the update is elementwise, so every path
         # runs on each rank's local shards, in place, without gathering.
-        params, grads, square_avgs, grad_avgs, momentum_buffers = (
-            [local_tensor(x) for x in xs] for xs in (params, grads, square_avgs, grad_avgs, momentum_buffers)
-        )
-    path = choose_path(params, foreach, differentiable, fused)
-    PATHS[path](params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper,
-                finite=finite, rounding_seed=rounding_seed)
+        t = t._replace(**{name: local_tensors(getattr(t, name), differentiable)
+                          for name in ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers")})
+    PATHS[path](t, hyper, finite=finite, rounding_seed=rounding_seed)
 
 
 _PLAIN = (Tensor, Parameter)
 
 
-def local_tensor(x: Tensor) -> Tensor:
-    """A DTensor's local shard (the same storage), any other tensor as it is."""
-    to_local = getattr(x, "to_local", None)
-    return to_local() if to_local is not None else x
+def local_tensors(xs: list, differentiable: bool) -> list:
+    """DTensors' local shards (the same storage), other tensors as they are;
+    with ``differentiable``, everything as it is (autograd needs the DTensor)."""
+    if differentiable or not xs or type(xs[0]) in _PLAIN:
+        return xs
+    return [x.to_local() if hasattr(x, "to_local") else x for x in xs]

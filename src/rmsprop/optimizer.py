@@ -1,4 +1,11 @@
-"""``rmsprop.RMSprop``: the drop-in door onto the engine."""
+"""``rmsprop.RMSprop``: the drop-in door onto the engine.
+
+The class holds the optimizer's life cycle; the parts live beside it: the
+settings a group may hold (:mod:`rmsprop.settings`), planning and writing a
+step (:mod:`rmsprop.plan`), the non-finite policy (:mod:`rmsprop.finite`),
+loading state dicts (:mod:`rmsprop.checkpoint`) and the state's storage
+(:mod:`rmsprop.precision`).
+"""
 
 from __future__ import annotations
 
@@ -17,71 +24,14 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
-from . import functional, quant
-from .finite import check_policy, finite_flags
-from .precision import (
-    check_quantizable,
-    get_buffer,
-    has_buffer,
-    load,
-    new_buffer,
-    pop_buffer,
-    put_buffer,
-    state_dtype,
-)
-from .presets import KNOBS, PRESETS, get_preset
-from .validation import check_group, check_loaded
+from .checkpoint import KNOB_MODES, LAYOUT_VERSION, check_layout, settle
+from .finite import check_policy, verdict
+from .plan import GroupPlan, check_settings, new_state, plan_group, run_group
+from .precision import storage_refusal
+from .presets import KNOBS, get_preset
+from .settings import SETTINGS, check_group
 
-__all__ = ["RMSprop", "LAYOUT_VERSION"]
-
-#: Version of the state-dict layout, stored in every param group. 1: PyTorch's
-#: state keys plus this library's knobs as plain scalars in each group.
-LAYOUT_VERSION = 1
-
-# What a group that lacks a key means: a state dict saved by torch.optim.RMSprop
-# (or an older layout) reads as PyTorch's semantics.
-_TORCH_GROUP_DEFAULTS: dict[str, Any] = {
-    **{k: v for k, v in PRESETS["torch"].knobs().items() if k != "lr"},
-    "preset": "torch",
-    "capturable": False,
-    "foreach": None,
-    "maximize": False,
-    "differentiable": False,
-    "fused": None,
-    "skipped_steps": 0,
-    "state_precision": "param",
-    "stochastic_rounding": False,
-    "rounding_seed": 0,
-}
-
-# The group keys that reach the engine as they are (lr needs a look first).
-_HYPER_KNOBS = tuple(k for k in KNOBS if k not in ("lr", "initial_square_avg"))
-
-# Param groups written by timm's RMSpropTF, recognised by its own key
-# `decoupled_decay`: they read as the "timm" preset, with timm's names mapped
-# onto ours. Options of timm's that have no equivalent here are refused.
-_TIMM_RENAMES = {"decoupled_decay": "decoupled_weight_decay"}
-_TIMM_UNSUPPORTED = ("caution", "corrected_weight_decay")
-_TIMM_INTERNAL = ("max_lr_snapshot",)  # bookkeeping for corrected_weight_decay
-
-
-def _translate_foreign_group(group: dict[str, Any]) -> None:
-    """Bring a param group saved by another library into this layout, in place."""
-    if "layout_version" in group or "decoupled_decay" not in group:
-        return
-    for key in _TIMM_UNSUPPORTED:
-        if group.pop(key, False):
-            raise ValueError(
-                f"loaded state dict comes from timm's RMSpropTF with {key}=True, "
-                "which rmsprop does not implement"
-            )
-    for key in _TIMM_INTERNAL:
-        group.pop(key, None)
-    for theirs, ours in _TIMM_RENAMES.items():
-        group[ours] = bool(group.pop(theirs))
-    for key, value in PRESETS["timm"].knobs().items():
-        group.setdefault(key, value)
-    group.setdefault("preset", "timm")
+__all__ = ["RMSprop", "LAYOUT_VERSION", "describe"]
 
 
 class RMSprop(Optimizer):
@@ -183,8 +133,10 @@ class RMSprop(Optimizer):
             smaller than half an ulp still count on average; needs
             state_precision "fp32", "bf16" or "int8"; per group (default: False).
         rounding_seed: the seed of that rounding's random bits, which are a
-            function of (seed, step, tensor position, element): no generator
-            state to save, and a resumed run draws the same bits (default: 0).
+            function of (seed, step, the parameter's index in the optimizer,
+            element): no generator state to save, every path and
+            ``step_in_backward`` draw the same bits, and a resumed run draws
+            them again (default: 0).
 
     State dicts have PyTorch's layout and cross-load with
     ``torch.optim.RMSprop`` both ways; a group saved by PyTorch reads as the
@@ -195,8 +147,12 @@ class RMSprop(Optimizer):
     keys, buffer shapes and dtypes, steps, layout version, knob values) after
     its pre-hooks and before it changes anything; a mismatch raises ValueError.
 
-    Argument validation is PyTorch's, tightened in one place: ``alpha`` must
-    lie in [0, 1] (PyTorch accepts any α ≥ 0).
+    Every setting a group holds is a row of :data:`rmsprop.settings.SETTINGS`.
+    Validation is PyTorch's, tightened: ``alpha`` must lie in [0, 1] (PyTorch
+    accepts any α ≥ 0), and numbers must be finite. It runs when a group is
+    built, when a state dict loads, and at every step for each group whose
+    settings changed since they last passed (``param_groups`` edited by hand),
+    before anything is written.
 
     A param group may mix devices and dtypes, as in PyTorch. A gradient whose
     dtype differs from its parameter's (PyTorch's ``grad_dtype``) is cast to
@@ -215,6 +171,7 @@ class RMSprop(Optimizer):
         A. Graves, Generating Sequences With Recurrent Neural Networks (2013),
         for the centered form.
     """
+
 
     def __init__(
         self,
@@ -244,58 +201,72 @@ class RMSprop(Optimizer):
         rounding_seed: int = 0,
     ) -> None:
         check_policy(nonfinite)
-        self.nonfinite = nonfinite
+        self._nonfinite = nonfinite
         self._pending_skips: Tensor | None = None
         self._backward_handle: Any = None  # set by rmsprop.step_in_backward
+        self._checked: dict[int, tuple] = {}  # id(group) -> (group, its settings when they passed, preset)
+        self._shared = False  # share_memory() was called: new buffers go to shared memory too
         base = get_preset("torch" if preset is None else preset)
-        given = dict(
-            lr=lr,
-            alpha=alpha,
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            centered=centered,
-            eps_in_sqrt=eps_in_sqrt,
-            initial_square_avg=initial_square_avg,
-            lr_in_momentum=lr_in_momentum,
-            nesterov=nesterov,
-            decoupled_weight_decay=decoupled_weight_decay,
-            bias_correction=bias_correction,
+        arguments = dict(
+            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+            capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable,
+            fused=fused, eps_in_sqrt=eps_in_sqrt, initial_square_avg=initial_square_avg,
+            lr_in_momentum=lr_in_momentum, nesterov=nesterov, decoupled_weight_decay=decoupled_weight_decay,
+            bias_correction=bias_correction, state_precision=state_precision,
+            stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed,
         )
-        # Arguments the caller passed: they beat any preset, a group's own included.
-        self._explicit = {k: v for k, v in given.items() if v is not None}
-        defaults = {
-            **base.knobs(),
-            **self._explicit,
-            "preset": base.name,
-            "capturable": capturable,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "fused": fused,
-            "layout_version": LAYOUT_VERSION,
-            "skipped_steps": 0,
-            "state_precision": state_precision,
-            "stochastic_rounding": stochastic_rounding,
-            "rounding_seed": rounding_seed,
-        }
+        # Preset knobs the caller passed: they beat any preset, a group's own included.
+        self._explicit = {k: arguments[k] for k in KNOBS if arguments[k] is not None}
+        defaults = {s.name: s.default for s in SETTINGS}  # every row, from the table
+        defaults.update(base.knobs(), **self._explicit, preset=base.name)
+        defaults.update({k: v for k, v in arguments.items() if k not in KNOBS})
         check_group(defaults, lr_required=False)
         super().__init__(params, defaults)
+
+    @property
+    def nonfinite(self) -> str:
+        """What a step does with NaN or ±Inf gradients (:mod:`rmsprop.finite`);
+        optimizer-wide, checked when set."""
+        return self._nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, value: str) -> None:
+        check_policy(value)
+        if value != "propagate" and self._backward_handle is not None:
+            raise ValueError(f"nonfinite={value!r} cannot be honoured while step_in_backward is attached: it "
+                             "updates each parameter as its gradient completes, so no decision can wait for "
+                             "all the gradients")
+        self._nonfinite = value
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its missing knobs come from the explicit
         constructor arguments, then its own ``"preset"`` (if it names one),
-        then the optimizer's defaults. Raises before anything changes."""
+        then the optimizer's defaults. Raises before anything changes; with
+        ``step_in_backward`` attached, the new parameters step in backward too."""
         if isinstance(param_group, dict):
+            if "params" in param_group and not isinstance(param_group["params"], (Tensor, list)):
+                param_group["params"] = list(param_group["params"])  # as PyTorch does: a generator runs once
             fill = {}
             if "preset" in param_group:
                 fill = {**get_preset(param_group["preset"]).knobs(), **self._explicit}
-            check_group({**self.defaults, **fill, **param_group}, lr_required=True)
+            merged = {**self.defaults, **fill, **param_group}
+            where = f"param group {len(self.param_groups)}"
+            check_group(merged, where)
+            params = merged.get("params", [])
+            for j, p in enumerate([params] if isinstance(params, Tensor) else params):
+                if isinstance(p, tuple):  # named parameters
+                    p = p[1]
+                reason = storage_refusal(p, merged["state_precision"], merged["stochastic_rounding"]) \
+                    if isinstance(p, Tensor) else None
+                if reason is not None:
+                    raise ValueError(f"parameter {j} of {where}: {reason}")
             for key, value in fill.items():
                 param_group.setdefault(key, value)
             if self.param_groups:  # the count is optimizer-wide: every group holds it
                 param_group["skipped_steps"] = self.skipped_steps
         super().add_param_group(param_group)
+        if getattr(self, "_backward_handle", None) is not None:
+            self._backward_handle.attach(self.param_groups[-1])
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -323,7 +294,8 @@ class RMSprop(Optimizer):
         return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any], *, knobs: str = "saved") -> None:
-        """Load a state dict, checked in full before anything changes.
+        """Load a state dict, checked in full before anything changes
+        (:mod:`rmsprop.checkpoint`).
 
         ``knobs`` says whose hyperparameters and semantic knobs win where the
         saved groups and this optimizer's differ (the per-parameter state and
@@ -332,14 +304,16 @@ class RMSprop(Optimizer):
         - ``"saved"`` (PyTorch's rule): the saved groups' values replace ours;
         - ``"current"``: this optimizer's values stay (lr included); buffers
           the current knobs need and the file lacks start at zero;
-        - ``"strict"``: any difference in a semantic knob (everything but lr)
-          is a ValueError naming it; otherwise as "saved".
+        - ``"strict"``: any difference in a setting that changes the numbers
+          (every ``strict`` row of :data:`rmsprop.settings.SETTINGS`: all but
+          lr, the path choices, the storage, which the loading optimizer
+          decides, and the records) is a ValueError naming it; otherwise as "saved".
         """
-        if knobs not in _KNOB_MODES:
-            raise ValueError(f"Invalid knobs value: {knobs!r} (one of {', '.join(map(repr, _KNOB_MODES))})")
+        if knobs not in KNOB_MODES:
+            raise ValueError(f"Invalid knobs value: {knobs!r} (one of {', '.join(map(repr, KNOB_MODES))})")
         # Our own last pre-hook: it sees what the user's hooks return, and
         # checks the layout before PyTorch's loader indexes into it.
-        handle = self.register_load_state_dict_pre_hook(_check_layout)
+        handle = self.register_load_state_dict_pre_hook(check_layout)
         self._loading_knobs = knobs
         try:
             super().load_state_dict(state_dict)
@@ -350,160 +324,92 @@ class RMSprop(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         self._settle_skips()
-        return {**super().__getstate__(), "_explicit": self._explicit, "nonfinite": self.nonfinite}
+        return {**super().__getstate__(), "_explicit": self._explicit, "nonfinite": self.nonfinite,
+                "_shared": self._shared}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Everything is checked before anything is set: load_state_dict calls
         # this with the loaded groups and state, so a mismatch leaves us as we were.
-        groups = state["param_groups"]
-        for group in groups:
-            _translate_foreign_group(group)
-            for key, value in _TORCH_GROUP_DEFAULTS.items():
-                group.setdefault(key, value)
-        # PyTorch's loader casts every state tensor to its parameter's dtype,
-        # 8-bit codes included: the buffers come from the file again (below),
-        # the codes and scales before they are checked.
-        raw = getattr(self, "_loading_raw", {})
-        for p, saved in raw.items():
-            for key, value in saved.items():
-                if key.endswith((quant.CODES, quant.ABSMAX)) and p in state["state"]:
-                    state["state"][p][key] = value
-        check_loaded(groups, state["state"], LAYOUT_VERSION)
         knobs = getattr(self, "_loading_knobs", None)  # set by load_state_dict only
-        if knobs is not None:
-            # How the state is stored is this optimizer's choice, as its
-            # parameters' dtype and device are in PyTorch's loader: the file's
-            # buffers are converted to it (rmsprop.precision), whatever knobs says.
-            for loaded, current in zip(groups, self.param_groups):
-                loaded["state_precision"] = current["state_precision"]
-        for group in groups:
-            check_group(group, lr_required=True)
-            group["layout_version"] = LAYOUT_VERSION
-        if knobs == "strict":
-            _check_same_knobs(groups, self.param_groups)
-        elif knobs == "current":
-            for loaded, current in zip(groups, self.param_groups):
-                loaded.update({k: v for k, v in current.items() if k not in ("params", "skipped_steps")})
-        for group in groups:
-            for p in group["params"]:
-                saved = raw.get(p, {})
-                if p in state["state"] and (group["state_precision"] != "param"
-                                            or any(k.endswith(quant.CODES) for k in saved)):
-                    _restore_buffers(p, group["state_precision"], state["state"][p], saved)
+        current = self.param_groups if knobs is not None else state["param_groups"]
+        settle(state["param_groups"], state["state"], current, knobs, getattr(self, "_loading_raw", {}))
         if "_explicit" in state:  # pickled optimizer; load_state_dict passes none
             self._explicit = state.pop("_explicit")
-            self.nonfinite = state.pop("nonfinite", "propagate")
+            self._nonfinite = state.pop("nonfinite", "propagate")
+            self._shared = state.pop("_shared", False)
             self._pending_skips = None
         elif not hasattr(self, "_explicit"):
             self._explicit = {}
-            self.nonfinite = "propagate"
+            self._nonfinite = "propagate"
+            self._shared = False
             self._pending_skips = None
         if not hasattr(self, "_backward_handle"):  # unpickled: the hooks stay with the original
             self._backward_handle = None
+        self._checked = {}
         super().__setstate__(state)
         for group in self.param_groups:
             for p in group["params"]:
                 p_state = self.state.get(p, {})
-                if p_state and not torch.is_tensor(p_state["step"]):
+                step = p_state.get("step") if p_state else None
+                if step is not None and not (torch.is_tensor(step) and step.is_floating_point()):
                     device = p.device if group["capturable"] else None
-                    p_state["step"] = torch.tensor(
-                        float(p_state["step"]), dtype=_get_scalar_dtype(), device=device
-                    )
+                    p_state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype(), device=device)
 
-    def _gather_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
-        params, grads, square_avgs, grad_avgs, momentum_buffers, steps = [], [], [], [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = p.grad
-            if grad.is_sparse:
-                raise RuntimeError("RMSprop does not support sparse gradients")
-            if grad.dtype != p.dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
-                grad = grad.to(p.dtype)
-            state = self._ensure_state(p, group)
-            params.append(p)
-            grads.append(grad)
-            square_avgs.append(get_buffer(state, "square_avg"))
-            steps.append(state["step"])
-            if group["momentum"] != 0:
-                momentum_buffers.append(get_buffer(state, "momentum_buffer"))
-            if group["centered"]:
-                grad_avgs.append(get_buffer(state, "grad_avg"))
-        return params, grads, square_avgs, grad_avgs, momentum_buffers, steps
+    def _plan(self) -> list[GroupPlan]:
+        """Every group's step, decided (:mod:`rmsprop.plan`); nothing written."""
+        plans, offset = [], 0
+        for g, group in enumerate(self.param_groups):
+            plan = plan_group(self, g, group, offset)
+            if plan is not None:
+                plans.append(plan)
+            offset += len(group["params"])
+        return plans
 
     @torch.no_grad()
     def warm_up(self) -> None:
         """Run one step on scratch copies of the parameters and state.
 
         Nothing the optimizer holds changes; what it buys is that the fused
-        path compiles now, so the first real ``step()`` runs at full speed.
-        Every parameter that requires grad is assumed to get one.
+        path compiles now, for the very structures ``step()`` will run, so the
+        first real ``step()`` runs at full speed. Every parameter that
+        requires grad is assumed to get a gradient of its own layout.
         """
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.requires_grad]
-            if not params:
+        offset = 0
+        for g, group in enumerate(self.param_groups):
+            start, offset = offset, offset + len(group["params"])
+            check_settings(self, g, group)
+            # Scratch copies in the same layout, in the same places (so each
+            # keeps its parameter's index, which salts stochastic rounding).
+            scratch = [torch.empty_strided(p.shape, p.stride(), dtype=p.dtype, device=p.device).copy_(p)
+                       for p in group["params"]]
+            for copy, p in zip(scratch, group["params"]):
+                if p.requires_grad:
+                    copy.grad = torch.zeros_like(p)  # autograd's layout: the parameter's where it is dense
+            plan = plan_group(self, g, {**group, "params": scratch}, start, settings_checked=True)
+            if plan is None:
                 continue
-            scratch = [torch.empty_like(p).copy_(p) for p in params]
-            states = [self._new_state(p, group) for p in params]
-            functional.rmsprop(
-                scratch,
-                [torch.zeros_like(p) for p in params],
-                [get_buffer(s, "square_avg") for s in states],
-                [get_buffer(s, "grad_avg") for s in states] if group["centered"] else [],
-                [get_buffer(s, "momentum_buffer") for s in states] if group["momentum"] != 0 else [],
-                [s["step"] for s in states],
-                **self._path_arguments(group),
-            )
+            finite = None
+            if self.nonfinite == "skip" and not all(grad.is_cpu for grad in plan.grads):
+                finite = torch.ones((), dtype=torch.bool, device=plan.grads[0].device)
+            run_group(_Scratch(group, scratch, group["params"]), plan, finite)  # type: ignore[arg-type]
 
     def share_memory(self) -> RMSprop:
         """Create every state buffer now and move it into shared memory, for
         A3C-style training: worker processes (``torch.multiprocessing``) that
         receive this optimizer each hold their own optimizer object over the
         one shared model and the one set of shared statistics, and step
-        without locks (Hogwild). Call ``model.share_memory()`` too. Returns self.
+        without locks (Hogwild). Buffers created later (momentum switched on
+        mid-run) go to shared memory too. Call ``model.share_memory()`` too.
+        Returns self.
         """
+        from .plan import ensure_state
+
+        self._shared = True
         for group in self.param_groups:
             for p in group["params"]:
-                for value in self._ensure_state(p, group).values():
+                for value in ensure_state(self, p, group).values():
                     value.share_memory_()
         return self
-
-    def _ensure_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        """``p``'s state with every buffer the group's knobs need. Buffers are
-        created when first needed, so switching momentum or centering on
-        mid-run works."""
-        state = self.state[p]
-        if not state:
-            state.update(self._new_state(p, group))
-        if group["momentum"] != 0 and not has_buffer(state, "momentum_buffer"):
-            put_buffer(state, "momentum_buffer", _buffer(p, group, "momentum_buffer"))
-        if group["centered"] and not has_buffer(state, "grad_avg"):
-            put_buffer(state, "grad_avg", _buffer(p, group, "grad_avg"))
-        return state
-
-    @staticmethod
-    def _new_state(p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        """Fresh state for ``p``: PyTorch's keys, the buffers the knobs use."""
-        step_device = p.device if group["capturable"] else None
-        state = {"step": torch.zeros((), dtype=_get_scalar_dtype(), device=step_device)}
-        put_buffer(state, "square_avg", _buffer(p, group, "square_avg", group["initial_square_avg"]))
-        if group["momentum"] != 0:
-            put_buffer(state, "momentum_buffer", _buffer(p, group, "momentum_buffer"))
-        if group["centered"]:
-            put_buffer(state, "grad_avg", _buffer(p, group, "grad_avg"))
-        return state
-
-    @staticmethod
-    def _path_arguments(group: dict[str, Any]) -> dict[str, Any]:
-        """The functional form's keyword arguments for one group."""
-        return {
-            "foreach": group["foreach"],
-            "maximize": group["maximize"],
-            "differentiable": group["differentiable"],
-            "capturable": group["capturable"],
-            "fused": group["fused"],
-            **{k: group[k] for k in KNOBS if k != "initial_square_avg"},
-        }
 
     @staticmethod
     def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -522,12 +428,12 @@ class RMSprop(Optimizer):
         return wrapper
 
     # Inside a user's torch.compile the step runs as its own region (a clean
-    # graph break): the fused path brings its own compiled code. (Dynamo also
-    # special-cases methods named `_init_group`, hence `_gather_group`.)
+    # graph break): the fused path brings its own compiled code.
     @torch.compiler.disable
     @_use_grad_for_differentiable
     def step(self, closure=None):  # type: ignore[override]
-        """Perform a single optimization step.
+        """Perform a single optimization step: plan every group (every check
+        that can fail), decide the non-finite verdict, then write.
 
         Args:
             closure: a callable that re-evaluates the model and returns the
@@ -542,62 +448,14 @@ class RMSprop(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
-        finite = None  # or a 0-d bool tensor that the paths obey on the device
-        if self.nonfinite != "propagate":
-            verdict = self._check_finite()
-            if verdict is False:
-                return loss
-            if isinstance(verdict, Tensor):
-                finite = verdict
-        for group in self.param_groups:
-            lists = self._gather_group(group)
-            if lists[0]:
-                self._apply(group, lists, finite)
+        plans = self._plan()
+        decision = verdict(self, plans)
+        if decision is False:
+            return loss
+        finite = decision if isinstance(decision, Tensor) else None  # obeyed on the device
+        for plan in plans:
+            run_group(self, plan, finite)
         return loss
-
-    @staticmethod
-    def _apply(group: dict[str, Any], lists: tuple[list[Tensor], ...], finite: Tensor | None = None) -> None:
-        """Run one group's update on its gathered tensors."""
-        hyper = functional.make_hyper(
-            group["lr"], group["capturable"], maximize=group["maximize"],
-            **{k: group[k] for k in _HYPER_KNOBS},
-        )
-        functional.apply(*lists, hyper, foreach=group["foreach"], differentiable=group["differentiable"],
-                         fused=group["fused"], finite=finite,
-                         rounding_seed=group["rounding_seed"] if group["stochastic_rounding"] else None)
-
-    def _check_finite(self) -> bool | Tensor:
-        """Apply the nonfinite policy before anything changes: True (go on),
-        False (skip this step; counted), or, where the gradients live on an
-        accelerator and the policy is "skip", a 0-d bool tensor that the paths
-        obey without a host sync. Raises FloatingPointError for "raise"."""
-        where = [(g, j, p) for g, group in enumerate(self.param_groups)
-                 for j, p in enumerate(group["params"]) if p.grad is not None]
-        if not where:
-            return True
-        flags = finite_flags([p.grad for _, _, p in where])
-        if self.nonfinite == "raise":
-            if not bool(flags.all()):
-                g, j, p = where[int((~flags).nonzero()[0])]
-                names = self.param_groups[g].get("param_names")
-                who = f"'{names[j]}'" if names else f"{j} of param group {g}"
-                step = int(self.state[p]["step"]) + 1 if self.state.get(p) else 1
-                raise FloatingPointError(
-                    f"non-finite gradient (NaN or Inf) for parameter {who} at step {step}; "
-                    "nothing was changed (nonfinite='raise')"
-                )
-            return True
-        finite = flags.all()
-        if finite.is_cpu:
-            if bool(finite):
-                return True
-            for group in self.param_groups:
-                group["skipped_steps"] += 1
-            return False
-        skipped = (~finite).to(torch.int64)
-        self._pending_skips = skipped if self._pending_skips is None else self._pending_skips + skipped
-        return finite
 
     def __repr__(self) -> str:
         text = super().__repr__()
@@ -612,85 +470,12 @@ class RMSprop(Optimizer):
         return "\n".join(out)
 
 
-_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
+class _Scratch:
+    """What warm_up's step sees as its optimizer: state that goes nowhere."""
 
-
-def _buffer(p: Tensor, group: dict[str, Any], key: str, fill: float = 0.0) -> Tensor | quant.Blockwise:
-    """State buffer ``key`` for ``p``, filled with ``fill``, stored as the group's state_precision says."""
-    return new_buffer(p, group["state_precision"], signed=key != "square_avg", fill=fill)
-
-
-def _restore_buffers(p: Tensor, precision: str, loaded: dict[str, Any], raw: dict[str, Any]) -> None:
-    """Put one parameter's loaded buffers into the form ``precision`` stores them in.
-
-    ``raw`` holds the buffers as the file had them (PyTorch's loader has cast
-    ``loaded``'s to the parameter's dtype, codes included). A buffer already
-    in its storage form is taken exactly; otherwise it is decoded or widened to
-    float32 (float64 for float64 parameters) and stored anew, so a full-precision
-    state dict loads into an int8 optimizer and the other way round.
-    """
-    for key in _BUFFERS:
-        source = get_buffer(raw, key)
-        if source is None:
-            continue
-        pop_buffer(loaded, key)
-        to_codes = precision == "int8" and quant.quantized(p)
-        if quant.is_quantized(source) and to_codes:
-            buf = quant.Blockwise(*(x.to(device=p.device, copy=True).contiguous() for x in source))
-        else:
-            wide = torch.promote_types(p.dtype, torch.float32) if not p.is_complex() else p.dtype
-            values = load(source, wide)
-            if to_codes:
-                check_quantizable(p)
-                buf = quant.encode(values.to(p.device), signed=key != "square_avg")
-            elif precision == "param":  # PyTorch's rule: the parameter's dtype and device
-                buf = values.to(device=p.device, dtype=p.dtype, copy=True)
-            else:
-                buf = values.to(device=p.device, dtype=state_dtype(p, precision), copy=True)
-        put_buffer(loaded, key, buf)
-
-
-_KNOB_MODES = ("saved", "current", "strict")
-
-# The knobs that define the update (lr and the path choices are not among them).
-_SEMANTIC_KNOBS = (*(k for k in KNOBS if k != "lr"), "maximize")
-
-
-def _check_layout(opt: Optimizer, state_dict: Any) -> None:
-    """A state dict's outer layout and counts, with messages that say what differs."""
-    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
-        raise ValueError("loaded state dict must be a dict with 'state' and 'param_groups' keys")
-    saved = state_dict["param_groups"]
-    if len(saved) != len(opt.param_groups):
-        raise ValueError(
-            f"loaded state dict has a different number of parameter groups: {len(saved)} saved, "
-            f"{len(opt.param_groups)} in this optimizer"
-        )
-    for g, (ours, theirs) in enumerate(zip(opt.param_groups, saved)):
-        if len(ours["params"]) != len(theirs["params"]):
-            raise ValueError(
-                f"loaded state dict contains a parameter group that doesn't match the size of optimizer's "
-                f"group: group {g} has {len(theirs['params'])} parameters saved, {len(ours['params'])} here"
-            )
-    # The per-parameter checks, here too: PyTorch's loader casts every buffer
-    # to its parameter's dtype next, which would hide a complex or integer one.
-    state = state_dict["state"]
-    raw = {p: state[i] for ours, theirs in zip(opt.param_groups, saved)
-           for i, p in zip(theirs["params"], ours["params"]) if i in state}
-    check_loaded([{**theirs, "params": ours["params"]} for ours, theirs in zip(opt.param_groups, saved)],
-                 raw, LAYOUT_VERSION)
-    opt._loading_raw = raw  # type: ignore[attr-defined]  # the buffers before PyTorch casts them
-
-
-def _check_same_knobs(loaded: list[dict[str, Any]], current: list[dict[str, Any]]) -> None:
-    differences = [
-        f"group {g} {key}: saved {theirs[key]!r}, current {ours[key]!r}"
-        for g, (theirs, ours) in enumerate(zip(loaded, current))
-        for key in _SEMANTIC_KNOBS
-        if theirs[key] != ours[key]
-    ]
-    if differences:
-        raise ValueError("loaded state dict's knobs differ (knobs='strict'): " + "; ".join(differences))
+    def __init__(self, group: dict[str, Any], scratch: list[Tensor], params: list[Tensor]) -> None:
+        self.state = {copy: new_state(p, group) for copy, p in zip(scratch, params)}
+        self._shared = False
 
 
 def _hooked_step(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:

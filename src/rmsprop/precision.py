@@ -23,25 +23,49 @@ quantized, two plain tensors under ``"square_avg_codes"`` and
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import torch
 
 from . import quant
 from .counter import random_bits
+from .settings import PRECISIONS, check_precision
 
-__all__ = ["PRECISIONS", "state_dtype", "working_dtype", "check_precision", "stochastic_round_",
-           "write_param_", "new_buffer", "check_quantizable", "load", "store_", "get_buffer", "put_buffer",
-           "has_buffer", "pop_buffer"]
+__all__ = ["PRECISIONS", "BUFFERS", "Buffer", "BufferSpec", "STATE_KEYS", "state_dtype", "working_dtype",
+           "check_precision", "stochastic_round_", "write_param_", "new_buffer", "storage_refusal",
+           "to_storage", "restore_", "load", "store_", "get_buffer", "put_buffer", "has_buffer", "pop_buffer",
+           "stored_keys"]
 
-PRECISIONS = ("param", "fp32", "bf16", "int8")
+Buffer = torch.Tensor | quant.Blockwise  # a state buffer as the paths see it
 
 
-def check_precision(precision: object) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"Invalid state_precision value: {precision!r} (one of {', '.join(map(repr, PRECISIONS))})"
-        )
+class BufferSpec(NamedTuple):
+    """One state buffer: its key (PyTorch's), whether its values have a sign
+    (which 8-bit code map it takes), and the stream that tells its random
+    bits apart from the other buffers' (rmsprop.counter)."""
+
+    key: str
+    signed: bool
+    stream: int
+
+
+#: The state layout, once: every buffer a parameter's state may hold.
+BUFFERS: tuple[BufferSpec, ...] = (
+    BufferSpec("square_avg", signed=False, stream=0),
+    BufferSpec("grad_avg", signed=True, stream=1),
+    BufferSpec("momentum_buffer", signed=True, stream=2),
+)
+SPEC = {b.key: b for b in BUFFERS}
+
+
+def stored_keys(key: str) -> tuple[str, ...]:
+    """The state keys buffer ``key`` may be stored under: itself, or its 8-bit parts."""
+    return (key, key + quant.CODES, key + quant.ABSMAX)
+
+
+#: Every key a parameter's state may hold.
+STATE_KEYS = frozenset(("step", *(k for b in BUFFERS for k in stored_keys(b.key))))
 
 
 def state_dtype(param: torch.Tensor, precision: str) -> torch.dtype:
@@ -57,29 +81,79 @@ def state_dtype(param: torch.Tensor, precision: str) -> torch.dtype:
     return torch.float32 if precision == "int8" else torch.bfloat16
 
 
-def new_buffer(param: torch.Tensor, precision: str, signed: bool, fill: float = 0.0
-               ) -> torch.Tensor | quant.Blockwise:
-    """A state buffer for ``param`` holding ``fill`` everywhere, stored as
-    ``precision`` says; ``signed`` is False for square_avg (it picks the 8-bit code map)."""
+def new_buffer(param: torch.Tensor, precision: str, key: str, fill: float = 0.0) -> Buffer:
+    """State buffer ``key`` for ``param`` holding ``fill`` everywhere, stored as ``precision`` says."""
     dtype = state_dtype(param, precision)
     if precision == "int8" and quant.quantized(param):
-        check_quantizable(param)
         value = torch.full(param.shape, fill, dtype=torch.float32, device=param.device)
-        return quant.encode(value, signed=signed)
+        return quant.encode(value, signed=SPEC[key].signed)
     buf = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
     if fill != 0:
         (torch.view_as_real(buf) if buf.is_complex() else buf).fill_(fill)
     return buf
 
 
-def check_quantizable(param: torch.Tensor) -> None:
-    """Raise for parameters whose state cannot be 8-bit: tensor subclasses
-    such as FSDP2's DTensor, whose blocks would be cut per shard."""
-    if type(param) not in (torch.Tensor, torch.nn.Parameter):
-        raise ValueError(
-            f"state_precision='int8' does not support {type(param).__name__} parameters: its blocks "
-            "would be cut per shard, so a state dict would not reshard; use 'bf16' (e.g. under FSDP2)"
-        )
+def storage_refusal(param: torch.Tensor, precision: str, stochastic_rounding: bool) -> str | None:
+    """Why ``param`` cannot be stepped and stored as ``precision`` says, or
+    None. Asked before a step or a load writes anything: the paths never refuse."""
+    if not (param.is_floating_point() or param.is_complex()):
+        return f"parameters must be floating point or complex, not {param.dtype}"
+    if param.is_complex() and precision in ("bf16", "int8"):
+        return (f"state_precision={precision!r} needs real parameters (there is no complex "
+                f"{'bfloat16' if precision == 'bf16' else '8-bit state'}); this one is {param.dtype}")
+    plain = type(param) in (torch.Tensor, torch.nn.Parameter)
+    if precision == "int8" and quant.quantized(param) and not plain:
+        # FSDP2's DTensor: blocks cut per shard would not reshard.
+        return (f"state_precision='int8' does not support {type(param).__name__} parameters: its blocks "
+                "would be cut per shard, so a state dict would not reshard; use 'bf16' (e.g. under FSDP2)")
+    if stochastic_rounding and param.dtype in (torch.float16, torch.complex32):
+        return (f"stochastic_rounding supports bfloat16 parameters (wider ones are written as they are), "
+                f"not {param.dtype}")
+    return None
+
+
+def to_storage(values: torch.Tensor, param: torch.Tensor, precision: str, key: str) -> Buffer:
+    """Full-precision ``values`` of buffer ``key`` in the form ``precision``
+    stores them for ``param``: encoded to nearest, rounded, or copied."""
+    if precision == "int8" and quant.quantized(param):
+        return quant.encode(values.to(param.device), signed=SPEC[key].signed)
+    return values.to(device=param.device, dtype=state_dtype(param, precision), copy=True)
+
+
+def in_storage(buf: Buffer, param: torch.Tensor, precision: str) -> bool:
+    """Whether ``buf`` is already in the form ``precision`` stores for ``param``."""
+    if precision == "int8" and quant.quantized(param):
+        return quant.is_quantized(buf)
+    return not quant.is_quantized(buf) and buf.dtype == state_dtype(param, precision)
+
+
+def restore_(state: dict[str, Any], param: torch.Tensor, precision: str,
+             raw: dict[str, Any] | None = None) -> None:
+    """Put one parameter's buffers into the form ``precision`` stores them in.
+
+    ``raw`` holds the buffers as a file had them (PyTorch's loader casts
+    every state tensor to its parameter's dtype, 8-bit codes included); by
+    default the state's own. A buffer already in its storage form is kept
+    (taken exactly from ``raw``); any other is decoded or widened to float32
+    (float64 for float64 parameters) and stored anew. So a full-precision
+    state loads into an int8 optimizer and the other way round, and a
+    group's changed ``state_precision`` converts its state at the next step.
+    """
+    source_state = state if raw is None else raw
+    for spec in BUFFERS:
+        source = get_buffer(source_state, spec.key)
+        if source is None:
+            continue
+        if in_storage(source, param, precision):
+            if raw is None:
+                continue
+            copy = functools.partial(torch.Tensor.to, device=param.device, copy=True)
+            buf: Buffer = (quant.Blockwise(*(copy(x).contiguous() for x in source))
+                           if quant.is_quantized(source) else copy(source))
+        else:
+            wide = param.dtype if param.is_complex() else torch.promote_types(param.dtype, torch.float32)
+            buf = to_storage(load(source, wide), param, precision, spec.key)
+        put_buffer(state, spec.key, buf)
 
 
 def has_buffer(state: dict[str, Any], key: str) -> bool:
@@ -135,15 +209,16 @@ def stochastic_round_(dest: torch.Tensor, value: torch.Tensor, seed: int, step: 
 
 
 def write_param_(dest: torch.Tensor, value: torch.Tensor, rounding_seed: int | None, step: torch.Tensor,
-                 salt: int) -> None:
+                 ident: int) -> None:
     """Write an updated parameter back: stochastically rounded when a seed is
-    given and a bfloat16 parameter was updated wider, else rounded to nearest."""
-    if rounding_seed is None or dest.dtype == value.dtype:
+    given and a bfloat16 parameter was updated wider, else rounded to nearest.
+    ``ident`` is the parameter's stable identity (its index in the optimizer,
+    as state dicts number it), so every path and mode draws the same bits.
+    (Other dtypes were refused before the step: :func:`storage_refusal`.)"""
+    if rounding_seed is None or dest.dtype != torch.bfloat16 or dest.dtype == value.dtype:
         dest.copy_(value)
-    elif dest.dtype == torch.bfloat16:
-        stochastic_round_(dest, value, rounding_seed, step, salt)
     else:
-        raise ValueError(f"stochastic_rounding supports bfloat16 parameters, not {dest.dtype}")
+        stochastic_round_(dest, value, rounding_seed, step, _salt(ident, _PARAM_STREAM))
 
 
 # ------------------------------------------------------------ reading and writing state
@@ -152,25 +227,32 @@ def load(buf: torch.Tensor | quant.Blockwise, dtype: torch.dtype) -> torch.Tenso
     return quant.decode(buf, dtype) if quant.is_quantized(buf) else buf.to(dtype)
 
 
-def store_(buf: torch.Tensor | quant.Blockwise, value: torch.Tensor, keep: torch.Tensor | None = None,
-           step: torch.Tensor | None = None, stream: int = 0) -> None:
-    """Write a step's new ``value`` into a buffer's storage: copied, rounded or encoded.
+def store_(buf: Buffer, value: torch.Tensor, keep: torch.Tensor | None = None,
+           rounding: tuple[torch.Tensor, int] | None = None, key: str = "square_avg") -> None:
+    """Write a step's new ``value`` of buffer ``key`` into its storage: copied, rounded or encoded.
 
     Where the 0-d bool ``keep`` is given and False, the buffer is left as it
-    was. Given ``step`` (the step count, a tensor), 8-bit codes are written
-    with unbiased stochastic rounding (:func:`rmsprop.quant.encode`; a plain
-    buffer is rounded to nearest). The random bits are a hash of (step,
-    ``stream``, the tensor's size, element) (:mod:`rmsprop.counter`): every
-    path draws the same ones, whatever the grouping, and a resumed run draws
-    them again. ``stream`` tells a parameter's buffers apart (0 square_avg,
-    1 grad_avg, 2 momentum_buffer).
+    was. Given ``rounding = (step, ident)`` (the step count, a tensor, and
+    the parameter's identity: its index in the optimizer), 8-bit codes are
+    written with unbiased stochastic rounding (:func:`rmsprop.quant.encode`;
+    a plain buffer is rounded to nearest). The random bits are a hash of
+    (step, parameter, buffer, element) (:mod:`rmsprop.counter`): every path
+    and mode draws the same ones, whatever the grouping, and a resumed run
+    draws them again.
     """
-    salt = stream * 0x9E3779B1 + value.numel()
     if quant.is_quantized(buf):
-        new = quant.encode(value, signed=buf.codes.dtype == torch.int8,
-                           rounding=None if step is None else (step, salt))
+        salt = None if rounding is None else (rounding[0], _salt(rounding[1], SPEC[key].stream))
+        new = quant.encode(value, signed=SPEC[key].signed, rounding=salt)
         parts = ((buf.codes, new.codes), (buf.absmax, new.absmax))
     else:
         parts = ((buf, value),)
     for dest, new_value in parts:
         dest.copy_(new_value if keep is None else torch.where(keep, new_value, dest))
+
+
+_PARAM_STREAM = len(BUFFERS)  # the parameter's own rounding, after its buffers' streams
+
+
+def _salt(ident: int, stream: int) -> int:
+    """One salt per (parameter, stream): a buffer's stream, or _PARAM_STREAM."""
+    return ident * (_PARAM_STREAM + 1) + stream

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from .settings import FROM_PRESET, SETTINGS, by_role, names
+
 __all__ = ["Preset", "PRESETS", "KNOBS", "get_preset", "translate"]
 
 
@@ -69,10 +71,12 @@ class Preset:
         return {k: getattr(self, k) for k in KNOBS}
 
 
-# Every per-group knob a preset sets, in the order the documentation lists them.
-KNOBS: tuple[str, ...] = tuple(
+# Every per-group knob a preset sets: the settings whose default comes from
+# the preset (rmsprop.settings), which are this dataclass's value fields.
+KNOBS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.default is FROM_PRESET)
+assert KNOBS == tuple(
     f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "source", "argument_names")
-)
+), "Preset's fields and the settings table's preset rows must agree"
 
 _ALL = (
     Preset(
@@ -164,8 +168,9 @@ def get_preset(name: str) -> Preset:
         valid = ", ".join(repr(n) for n in PRESETS)
         raise ValueError(f"Unknown preset {name!r}; valid presets are {valid}") from None
 
-# Arguments of RMSprop that are not a preset's business.
-_PATH_ARGUMENTS = ("maximize", "foreach", "capturable", "differentiable")
+# What translate() accepts besides a framework's own names: every setting a
+# user may pass (the table's rows but the records), and the optimizer-wide policy.
+_ACCEPTED = frozenset(name for name in names() if name not in by_role("label", "bookkeeping")) | {"nonfinite"}
 
 
 def translate(preset: str, **theirs: Any) -> dict[str, Any]:
@@ -181,7 +186,7 @@ def translate(preset: str, **theirs: Any) -> dict[str, Any]:
     ours: dict[str, Any] = {"preset": preset}
     for key, value in theirs.items():
         name = names.get(key, key)
-        if name not in KNOBS and name not in _PATH_ARGUMENTS:
+        if name not in _ACCEPTED:
             raise ValueError(f"{preset} argument {key!r} has no counterpart in rmsprop.RMSprop")
         if name == "momentum" and value is None:
             value = 0.0

@@ -15,58 +15,47 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, bias_correction_factor, denominator_can_vanish
-from ..precision import load, store_, working_dtype, write_param_
+from ..precision import BUFFERS, load, store_, working_dtype, write_param_
 from ..quant import is_quantized, stored_dtype
-from .grouping import by_device_and_dtype
+from .grouping import StepTensors, by_device_and_dtype
 
 __all__ = ["foreach_step"]
 
 
-def foreach_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_buffers: list[Tensor],
-    steps: list[Tensor],
-    hyper: Hyper,
-    *,
-    finite: Tensor | None = None,
-    rounding_seed: int | None = None,
-) -> None:
+def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
+                 rounding_seed: int | None = None) -> None:
     """Apply one step to all tensors, one multi-tensor op per formula line.
     Nothing happens where ``finite`` is a False tensor (read on the host)."""
-    if not params or (finite is not None and not bool(finite)):
+    if not t.params or (finite is not None and not bool(finite)):
         return
     centered, use_momentum = hyper.centered, hyper.momentum != 0
-    grouped = by_device_and_dtype(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper)
-    for _, dtype, (p, g, v, m, b, t) in grouped:
+    for _, dtype, (p, g, v, m, b, steps, idents) in by_device_and_dtype(t, centered, use_momentum):
         if dtype.is_complex:
             p, g, v = _real(p), _real(g), _real(v)
-            m, b = _real(m) if centered else m, _real(b) if use_momentum else b
+            m, b = _real(m), _real(b)
         stored = stored_dtype(v[0])
         work = working_dtype(p[0].dtype, stored)  # the state's storage (rmsprop.precision)
         for chunk in _chunks(p):
             lists = (p[chunk], g[chunk], v[chunk], m[chunk] if centered else None,
                      b[chunk] if use_momentum else None)
             if work == p[0].dtype and work == stored:
-                _step_group(*lists, t[chunk], hyper)
+                _step_group(*lists, steps[chunk], hyper)
             else:  # widen (or decode) a cache-sized chunk, step it, round (or encode) each result once
                 wide = [None if xs is None else [load(x, work) for x in xs] for xs in lists]
-                _step_group(*wide, t[chunk], hyper)
-                for i in (2, 3, 4):  # v, ḡ, b
+                _step_group(*wide, steps[chunk], hyper)
+                for i, spec in zip((2, 3, 4), BUFFERS):  # v, ḡ, b
                     if lists[i] is None:
                         continue
                     if is_quantized(lists[i][0]):  # 8-bit codes (rmsprop.precision.store_)
-                        for buf, value, step in zip(lists[i], wide[i], t[chunk]):
-                            store_(buf, value, step=step, stream=i - 2)
+                        for buf, value, step, ident in zip(lists[i], wide[i], steps[chunk], idents[chunk]):
+                            store_(buf, value, rounding=(step, ident), key=spec.key)
                     else:
                         torch._foreach_copy_(lists[i], wide[i])
                 if rounding_seed is None:
                     torch._foreach_copy_(lists[0], wide[0])
                 else:
-                    for j, (param, new) in enumerate(zip(lists[0], wide[0])):
-                        write_param_(param, new, rounding_seed, t[chunk][j], salt=chunk.start + j)
+                    for param, new, step, ident in zip(lists[0], wide[0], steps[chunk], idents[chunk]):
+                        write_param_(param, new, rounding_seed, step, ident)
 
 
 # On CPU a foreach op is a loop over its tensors: each op streams every tensor

@@ -41,7 +41,11 @@ from torch import Tensor
 from ..engine import Hyper, _is_zero, rmsprop_update
 from ..precision import load, store_, working_dtype, write_param_
 from ..quant import Blockwise, is_quantized, stored_dtype
-from .grouping import by_device_and_dtype
+from ..settings import by_role
+from .grouping import StepTensors, by_device_and_dtype
+
+# The switches that select formula lines: compiled in (rmsprop.settings).
+STRUCTURE = by_role("structure")
 
 __all__ = ["fused_step", "fused_unavailable_reason", "compiled_structures", "DISABLE_ENV"]
 
@@ -92,7 +96,7 @@ def _scalar(role: str, value: float, device: torch.device) -> Tensor:
     return torch.tensor(value, dtype=torch.float64, device=device)
 
 
-def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper: Hyper,
+def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, idents, hyper: Hyper,
                 compute: torch.dtype, finite: Tensor | None, rounding_seed: int | None) -> None:
     """The traced body: (1)…(14) for every tensor at ``compute`` precision,
     written back in place (Inductor fuses the casts into the one pass). With
@@ -111,15 +115,16 @@ def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, 
         write(steps[i], step, steps[i])
         if rounding_seed is not None and params[i].dtype != compute:
             rounded = torch.empty_like(params[i])
-            write_param_(rounded, new.param, rounding_seed, step, salt=i)
+            write_param_(rounded, new.param, rounding_seed, step, idents[i])
             write(params[i], rounded, params[i])
         else:
             write(params[i], new.param, p)
-        store_(square_avgs[i], new.square_avg, keep=finite, step=step, stream=0)
+        store_(square_avgs[i], new.square_avg, keep=finite, rounding=(step, idents[i]), key="square_avg")
         if new.grad_avg is not None:
-            store_(grad_avgs[i], new.grad_avg, keep=finite, step=step, stream=1)
+            store_(grad_avgs[i], new.grad_avg, keep=finite, rounding=(step, idents[i]), key="grad_avg")
         if new.momentum_buffer is not None:
-            store_(momentum_buffers[i], new.momentum_buffer, keep=finite, step=step, stream=2)
+            store_(momentum_buffers[i], new.momentum_buffer, keep=finite, rounding=(step, idents[i]),
+                   key="momentum_buffer")
 
 
 # Dynamo's guards already check every input's shape, stride, dtype and device
@@ -178,44 +183,35 @@ def _runtime_hyper(hyper: Hyper, device: torch.device) -> Hyper:
     })
 
 
-def fused_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_buffers: list[Tensor],
-    steps: list[Tensor],
-    hyper: Hyper,
-    *,
-    finite: Tensor | None = None,
-    rounding_seed: int | None = None,
-) -> None:
+def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
+               rounding_seed: int | None = None) -> None:
     """Apply one step to all tensors: one compiled call per device and dtype.
     Where ``finite`` (a 0-d bool tensor) is False nothing changes, decided
     inside the compiled pass."""
-    if not params:
+    if not t.params:
         return
     centered, use_momentum = hyper.centered, hyper.momentum != 0
-    grouped = by_device_and_dtype(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, hyper)
-    for device, dtype, (p, g, v, m, b, t) in grouped:
-        p, g, v = _real(p), _real(g), _real(v)
-        m = _real(m) if centered else []
-        b = _real(b) if use_momentum else []
+    for device, dtype, group in by_device_and_dtype(t, centered, use_momentum):
+        p, g, v, m, b = (_real(xs) for xs in group[:5])
+        steps = group.steps
+        quantized = is_quantized(v[0])
+        # the random bits' salt is read only when rounding: elsewhere, one structure for any parameters
+        idents = tuple(group.idents) if quantized or rounding_seed is not None else (0,) * len(p)
         # the state stored narrower (rmsprop.precision) widens to the working dtype
         compute = working_dtype(_compute_dtype(dtype), stored_dtype(v[0]))
         run_hyper = _runtime_hyper(hyper, device)
+        args = (p, g, v, m, b, steps, idents, run_hyper, compute, finite, rounding_seed)
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
-            _step_group(p, g, v, m, b, t, run_hyper, compute, finite, rounding_seed)
+            _step_group(*args)
             continue
         key = (
-            hyper.centered, hyper.maximize, hyper.eps_in_sqrt, hyper.lr_in_momentum, hyper.nesterov,
-            hyper.decoupled_weight_decay, hyper.bias_correction,
-            hyper.weight_decay != 0, use_momentum, finite is not None, rounding_seed,
-            str(device), p[0].dtype, stored_dtype(v[0]), t[0].device.type,
+            tuple(getattr(hyper, name) for name in STRUCTURE),
+            hyper.weight_decay != 0, use_momentum, finite is not None, rounding_seed, idents,
+            str(device), p[0].dtype, stored_dtype(v[0]), steps[0].device.type,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )
-        _compiled_for(key, is_quantized(v[0]))(p, g, v, m, b, t, run_hyper, compute, finite, rounding_seed)
+        _compiled_for(key, quantized)(*args)
 
 
 def _real(tensors: list[Tensor]) -> list[Tensor]:

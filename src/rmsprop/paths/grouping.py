@@ -1,46 +1,54 @@
-"""Split a param group's tensors by device, dtype and state storage, for the multi-tensor paths."""
+"""The tensors of one step, as one record, and their split by device, dtype and state storage."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from ..engine import Hyper
+from ..precision import Buffer
 
-__all__ = ["by_device_and_dtype"]
+__all__ = ["StepTensors", "by_device_and_dtype"]
 
 
-def by_device_and_dtype(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_buffers: list[Tensor],
-    steps: list[Tensor],
-    hyper: Hyper,
-) -> Iterator[tuple[torch.device, torch.dtype, tuple[list, ...]]]:
-    """Yield ``(device, dtype, (θs, gs, vs, ḡs, bs, ts))`` per device, dtype and state storage.
+class StepTensors(NamedTuple):
+    """What a path updates: one entry per parameter in every list.
 
-    ``grad_avgs`` and ``momentum_buffers`` follow PyTorch's convention (empty
-    unless the knobs use them); in what is yielded they are lists of None then.
+    ``grad_avgs`` and ``momentum_buffers`` follow PyTorch's convention: empty
+    unless the knobs use them. ``idents`` are the parameters' stable
+    identities (their indices in the optimizer, as state dicts number them),
+    which salt stochastic rounding so that every path and mode draws the
+    same bits.
     """
-    n = len(params)
-    lists = (
-        params,
-        grads,
-        square_avgs,
-        grad_avgs if hyper.centered else [None] * n,
-        momentum_buffers if hyper.momentum != 0 else [None] * n,
-        steps,
-    )
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    square_avgs: list[Buffer]
+    grad_avgs: list[Buffer]
+    momentum_buffers: list[Buffer]
+    steps: list[Tensor]
+    idents: list[int]
+
+    def select(self, indices: list[int], centered: bool, use_momentum: bool) -> StepTensors:
+        """The entries at ``indices`` (the optional lists only where used)."""
+        return StepTensors(*(
+            [xs[i] for i in indices] if (k != 3 or centered) and (k != 4 or use_momentum) else []
+            for k, xs in enumerate(self)
+        ))
+
+
+def by_device_and_dtype(t: StepTensors, centered: bool, use_momentum: bool
+                        ) -> Iterator[tuple[torch.device, torch.dtype, StepTensors]]:
+    """Yield ``(device, dtype, tensors)`` per device, parameter dtype and state storage."""
     # One device, dtype and storage (nearly every model): no grouping to do,
     # and grouping would cost more than a small model's whole update.
+    params, square_avgs = t.params, t.square_avgs
     dtype, device, stored = params[0].dtype, params[0].device, square_avgs[0].dtype
     if all(p.dtype is dtype and p.device == device and v.dtype is stored
            for p, v in zip(params, square_avgs)):
-        yield device, dtype, lists
+        yield device, dtype, t
         return
     # The state's storage splits groups too: under state_precision="int8" the
     # small tensors of a group keep float32 state (rmsprop.quant).
@@ -48,4 +56,4 @@ def by_device_and_dtype(
     for i, (p, v) in enumerate(zip(params, square_avgs)):
         groups.setdefault((p.device, p.dtype, v.dtype), []).append(i)
     for (device, dtype, _), indices in groups.items():
-        yield device, dtype, tuple([xs[i] for i in indices] for xs in lists)
+        yield device, dtype, t.select(indices, centered, use_momentum)

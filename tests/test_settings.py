@@ -1,0 +1,76 @@
+"""The one table of group settings: every consumer reads it (rmsprop.settings)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+import rmsprop
+from rmsprop import settings
+from rmsprop.engine import Hyper
+from rmsprop.paths import fused
+from rmsprop.presets import KNOBS, PRESETS, Preset, translate
+
+NAMES = settings.names()
+RECORDS = settings.by_role("label", "bookkeeping")
+
+
+def test_every_row_is_one_name_with_a_known_role_and_a_default_its_check_accepts():
+    assert len(set(NAMES)) == len(NAMES)
+    roles = {"runtime", "structure", "initial", "storage", "path", "label", "bookkeeping"}
+    assert {s.role for s in settings.SETTINGS} <= roles
+    torch_knobs = PRESETS["torch"].knobs()
+    for s in settings.SETTINGS:
+        default = torch_knobs[s.name] if s.default is settings.FROM_PRESET else s.default
+        assert s.check(s.name, default) is None, s.name
+
+
+def test_the_engine_reads_exactly_the_runtime_and_structure_rows():
+    assert set(Hyper._fields) == set(settings.by_role("runtime", "structure"))
+    assert fused.STRUCTURE == settings.by_role("structure")
+
+
+def test_presets_fill_exactly_the_rows_whose_default_is_the_presets():
+    fields = [f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "source", "argument_names")]
+    assert tuple(fields) == KNOBS == tuple(s.name for s in settings.SETTINGS if s.default is settings.FROM_PRESET)
+
+
+def test_the_constructor_takes_every_setting_a_user_may_pass_and_a_group_holds_every_row():
+    parameters = inspect.signature(rmsprop.RMSprop.__init__).parameters
+    assert set(NAMES) - set(RECORDS) <= set(parameters)
+    group = rmsprop.RMSprop([torch.nn.Parameter(torch.zeros(2))]).param_groups[0]
+    assert set(NAMES) <= set(group)
+
+
+def test_a_saved_group_lacking_a_key_reads_as_pytorch_and_only_lr_is_required():
+    assert set(settings.saved_defaults()) == set(NAMES) - {"lr"}
+    p = torch.nn.Parameter(torch.zeros(2))
+    theirs = torch.optim.RMSprop([p]).state_dict()
+    opt = rmsprop.RMSprop([p], preset="tf1", lr=0.1)
+    opt.load_state_dict(theirs)
+    for key, value in settings.saved_defaults().items():
+        if key != "layout_version":
+            assert opt.param_groups[0][key] == value, key
+
+
+def test_translate_and_strict_read_the_table():
+    for name in set(NAMES) - set(RECORDS) - {"preset"}:
+        assert name in translate("torch", **{name: None})
+    assert set(settings.STRICT) == {s.name for s in settings.SETTINGS if s.strict}
+    assert "lr" not in settings.STRICT and "capturable" in settings.STRICT
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("preset",)])
+def test_every_row_is_validated_at_a_step(name):
+    """A hostile value in any row of a group is refused at the next step."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = rmsprop.RMSprop([p])
+    p.grad = torch.ones(2)
+    opt.step()
+    opt.param_groups[0][name] = object()
+    with pytest.raises((ValueError, TypeError), match="param group 0"):
+        opt.step()
+    assert float(opt.state[p]["step"]) == 1
