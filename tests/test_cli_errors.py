@@ -42,6 +42,10 @@ BAD_NUMBERS = [
     ("compare", ["--threads", MANY_CPUS], "--threads: must be an integer from 1 to"),
     ("compare", ["--seeds", f"0,{SEED_LIMIT}"], "--seeds: must be an integer from -2**63 to 2**64 - 1"),
     ("bench", ["--rounds", "0"], "--rounds: must be an integer of at least 1, got 0"),
+    ("bench", ["--max-size", "inf"], "--max-size: not a number: 'inf'"),
+    ("bench", ["--threads", MANY_CPUS], "--threads: must be an integer from 1 to"),
+    ("trajectories", ["--lr", "inf"], "--lr: a learning rate must be a finite number above 0, got inf"),
+    ("compare", ["--lr", "sgd=inf"], "--lr: a learning rate must be a finite number above 0, got inf"),
 ]
 
 
@@ -87,6 +91,7 @@ WRITERS = [
     ("compare", [*COMPARE, "--out", "FILE"]),
     ("compare", [*COMPARE, "--json", "FILE"]),
     ("bench", [*BENCH, "--json", "FILE"]),
+    ("bench", [*BENCH, "--out", "FILE"]),
 ]
 
 

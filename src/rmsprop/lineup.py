@@ -19,6 +19,8 @@ name                          update
 
 from __future__ import annotations
 
+import math
+
 import argparse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -92,8 +94,8 @@ def parse_lrs(text: str) -> dict[str, float]:
             lr = float(value)
         except ValueError:
             raise ValueError(f"not a learning rate: {value!r}") from None
-        if not lr > 0:
-            raise ValueError(f"a learning rate must be positive, got {value}")
+        if not 0 < lr < math.inf:
+            raise ValueError(f"a learning rate must be a finite number above 0, got {value}")
         result[name] = lr
     return result
 

@@ -55,7 +55,17 @@ from typing import Any
 
 import torch
 
-from ..cliutil import UsageError, add_json_option, comma_list, guarded, positive_int, text_stream, write_json
+from ..cliutil import (
+    UsageError,
+    add_json_option,
+    comma_list,
+    guarded,
+    output_file,
+    positive_int,
+    text_stream,
+    thread_count,
+    write_json,
+)
 from .measure import COMPILED_PATHS, GUARDED_PATHS, PATHS, CaseResult, run_case
 from .report import (
     LEGEND,
@@ -80,7 +90,7 @@ ALL = ("size", "count", "models", "rl", "schedule")
 def _size(text: str) -> int:
     try:
         value = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # "inf" overflows int()
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
@@ -106,11 +116,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-max-tensors", type=positive_int, default=200, metavar="N",
                         help="skip the compiled paths (fused, torch-compile) for cases with more tensors "
                              "than this: compiling takes minutes there (default: %(default)s)")
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=thread_count, default=None,
                         help="torch.set_num_threads(N) for the run (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] where there is one (default: cpu)")
     add_json_option(parser)
-    parser.add_argument("--out", metavar="FILE.png",
+    parser.add_argument("--out", metavar="FILE.png", type=output_file,
                         help="log-log plot of step time against size per path (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(run=run)
