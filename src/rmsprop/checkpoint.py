@@ -227,7 +227,7 @@ def buffer_shape(state: dict[str, Any], key: str) -> torch.Size | None:
     buf = get_buffer(state, key)
     if buf is None:
         return None
-    return buf.codes.shape if quant.is_quantized(buf) else buf.shape
+    return buf.codes.shape if isinstance(buf, quant.Blockwise) else buf.shape
 
 
 def _codes_reason(codes: Tensor, absmax: Tensor, signed: bool) -> str | None:  # until quant.check_stored

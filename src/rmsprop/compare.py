@@ -133,6 +133,8 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple
 def train_digits(optimizer: str, lr: float, seed: int | str, epochs: int, batch_size: int,
                  on_epoch: Callable[[int], None] = lambda epoch: None) -> Curves:
     """One run on digits: the seed fixes the init and the minibatch order."""
+    if isinstance(seed, str):  # Task.train takes the seed task's NOTEBOOK too; run() refuses it here
+        raise ValueError(f"the digits task takes integer seeds, not {seed!r}")
     x_train, y_train, x_test, y_test = digits_data()
     model = digits_model(seed)
     opt = make(optimizer, model.parameters(), lr)

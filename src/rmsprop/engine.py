@@ -131,6 +131,10 @@ def _real(t: Tensor | None) -> Tensor | None:
     return None if t is None else torch.view_as_real(t)
 
 
+def _complex(t: Tensor | None) -> Tensor | None:
+    return None if t is None else torch.view_as_complex(t)
+
+
 def rmsprop_update(
     param: Tensor,
     grad: Tensor,
@@ -166,12 +170,17 @@ def rmsprop_update(
         else:
             g = _add(g, param, wd)  # (3) g ← g + λ·θ
     if param.is_complex():
-        new = rmsprop_update(*map(_real, (param, g, square_avg, grad_avg, momentum_buffer)),
+        new = rmsprop_update(torch.view_as_real(param), torch.view_as_real(g), torch.view_as_real(square_avg),
+                             _real(grad_avg), _real(momentum_buffer),
                              step, hyper._replace(maximize=False, weight_decay=0.0))
-        return NewState(*(None if t is None else torch.view_as_complex(t) for t in new))
+        return NewState(torch.view_as_complex(new.param), torch.view_as_complex(new.square_avg),
+                        _complex(new.grad_avg), _complex(new.momentum_buffer))
 
     v = _addcmul(square_avg.mul(alpha), g, g, 1 - alpha)  # (4) v ← α·v + (1 − α)·g²
-    m = _lerp(grad_avg, g, 1 - alpha) if hyper.centered else None  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
+    m: Tensor | None = None
+    if hyper.centered:
+        assert grad_avg is not None, "centered: the caller passes ḡ"
+        m = _lerp(grad_avg, g, 1 - alpha)  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
 
     v_hat, m_hat = v, m
     if hyper.bias_correction:  # (6) v̂ ← v/(1 − αᵗ), ḡ̂ ← ḡ/(1 − αᵗ)
@@ -197,6 +206,7 @@ def rmsprop_update(
         denom = torch.where(denom == 0, math.inf, denom)
     if _is_zero(mu):
         return NewState(_addcdiv(param, g, denom, -lr), v, m, None)  # (10) θ ← θ − η·u
+    assert momentum_buffer is not None, "momentum: the caller passes b"
 
     if hyper.lr_in_momentum:
         b = _addcdiv(momentum_buffer.mul(mu), g, denom, lr)  # (13) b ← μ·b + η·u

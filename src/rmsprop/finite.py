@@ -15,12 +15,14 @@ update starts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
+
     from .optimizer import RMSprop
     from .plan import GroupPlan
 
@@ -87,7 +89,7 @@ def finite_flags(tensors: Sequence[Tensor]) -> Tensor:
     if meshes:
         import torch.distributed as dist
 
-        local = [t.to_local() if hasattr(t, "device_mesh") else t for t in tensors]
+        local = [cast("DTensor", t).to_local() if hasattr(t, "device_mesh") else t for t in tensors]
         bad = (~_local_flags(local)).to(torch.int32)
         for mesh in meshes.values():
             for dim in range(mesh.ndim):

@@ -34,7 +34,7 @@ from .precision import (
     restore_,
     storage_refusal,
 )
-from .quant import is_quantized
+from .quant import Blockwise
 from .settings import check_group, fingerprint, hyper_from
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
         if state:
             for spec in BUFFERS:
                 buf = get_buffer(state, spec.key)
-                shape = None if buf is None else (buf.codes.shape if is_quantized(buf) else buf.shape)
+                shape = (None if buf is None
+                         else buf.codes.shape if isinstance(buf, Blockwise) else buf.shape)
                 if shape is not None and shape != p.shape:
                     raise ValueError(f"{_who(group, g, j)} has shape {tuple(p.shape)} but its {spec.key} has "
                                      f"shape {tuple(shape)}: was the parameter's data replaced? Reset its "

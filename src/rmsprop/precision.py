@@ -170,7 +170,7 @@ def get_buffer(state: dict[str, Any], key: str) -> torch.Tensor | quant.Blockwis
 def put_buffer(state: dict[str, Any], key: str, buf: torch.Tensor | quant.Blockwise) -> None:
     """Set the buffer ``key`` of one parameter's state, replacing any other form of it."""
     pop_buffer(state, key)
-    if quant.is_quantized(buf):
+    if isinstance(buf, quant.Blockwise):
         state[key + quant.CODES], state[key + quant.ABSMAX] = buf.codes, buf.absmax
     else:
         state[key] = buf
@@ -224,7 +224,7 @@ def write_param_(dest: torch.Tensor, value: torch.Tensor, rounding_seed: int | N
 # ------------------------------------------------------------ reading and writing state
 def load(buf: torch.Tensor | quant.Blockwise, dtype: torch.dtype) -> torch.Tensor:
     """A buffer's values at ``dtype``: widened, or decoded."""
-    return quant.decode(buf, dtype) if quant.is_quantized(buf) else buf.to(dtype)
+    return quant.decode(buf, dtype) if isinstance(buf, quant.Blockwise) else buf.to(dtype)
 
 
 def store_(buf: Buffer, value: torch.Tensor, keep: torch.Tensor | None = None,
@@ -240,7 +240,8 @@ def store_(buf: Buffer, value: torch.Tensor, keep: torch.Tensor | None = None,
     and mode draws the same ones, whatever the grouping, and a resumed run
     draws them again.
     """
-    if quant.is_quantized(buf):
+    parts: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (storage, its new value)
+    if isinstance(buf, quant.Blockwise):
         salt = None if rounding is None else (rounding[0], _salt(rounding[1], SPEC[key].stream))
         new = quant.encode(value, signed=SPEC[key].signed, rounding=salt)
         parts = ((buf.codes, new.codes), (buf.absmax, new.absmax))

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
+from typing import cast, overload
 
 import torch
 from torch import Tensor
 
-from ..engine import Hyper, bias_correction_factor, denominator_can_vanish
-from ..precision import BUFFERS, load, store_, working_dtype, write_param_
+from ..engine import Hyper, Scalar, bias_correction_factor, denominator_can_vanish
+from ..precision import BUFFERS, Buffer, load, store_, working_dtype, write_param_
 from ..quant import is_quantized, stored_dtype
 from .grouping import StepTensors, by_device_and_dtype
 
 __all__ = ["foreach_step"]
+
+TensorList = list[Tensor] | tuple[Tensor, ...]  # what the torch._foreach_* ops take (they return tuples)
 
 
 def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
@@ -28,33 +32,35 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
     Nothing happens where ``finite`` is a False tensor (read on the host)."""
     if not t.params or (finite is not None and not bool(finite)):
         return
-    centered, use_momentum = hyper.centered, hyper.momentum != 0
+    centered, use_momentum = hyper.centered, bool(hyper.momentum != 0)
     for _, dtype, (p, g, v, m, b, steps, idents) in by_device_and_dtype(t, centered, use_momentum):
-        if dtype.is_complex:
-            p, g, v = _real(p), _real(g), _real(v)
-            m, b = _real(m), _real(b)
+        if dtype.is_complex:  # complex state is never 8-bit (rmsprop.precision.storage_refusal)
+            p, g, v = _real(p), _real(g), _real(_plain(v))
+            m, b = _real(_plain(m)), _real(_plain(b))
         stored = stored_dtype(v[0])
         work = working_dtype(p[0].dtype, stored)  # the state's storage (rmsprop.precision)
         for chunk in _chunks(p):
-            lists = (p[chunk], g[chunk], v[chunk], m[chunk] if centered else None,
-                     b[chunk] if use_momentum else None)
-            if work == p[0].dtype and work == stored:
-                _step_group(*lists, steps[chunk], hyper)
+            ps, gs, vs = p[chunk], g[chunk], v[chunk]
+            ms = m[chunk] if centered else None
+            bs = b[chunk] if use_momentum else None
+            if work == p[0].dtype and work == stored:  # plain state in θ's own dtype
+                _step_group(ps, gs, _plain(vs), _plain(ms), _plain(bs), steps[chunk], hyper)
             else:  # widen (or decode) a cache-sized chunk, step it, round (or encode) each result once
-                wide = [None if xs is None else [load(x, work) for x in xs] for xs in lists]
+                wide = (_load(ps, work), _load(gs, work), _load(vs, work), _load(ms, work), _load(bs, work))
                 _step_group(*wide, steps[chunk], hyper)
-                for i, spec in zip((2, 3, 4), BUFFERS):  # v, ḡ, b
-                    if lists[i] is None:
+                for spec, bufs, values in zip(BUFFERS, (vs, ms, bs), wide[2:]):  # v, ḡ, b
+                    if bufs is None:
                         continue
-                    if is_quantized(lists[i][0]):  # 8-bit codes (rmsprop.precision.store_)
-                        for buf, value, step, ident in zip(lists[i], wide[i], steps[chunk], idents[chunk]):
+                    assert values is not None  # loaded from bufs
+                    if is_quantized(bufs[0]):  # 8-bit codes (rmsprop.precision.store_)
+                        for buf, value, step, ident in zip(bufs, values, steps[chunk], idents[chunk]):
                             store_(buf, value, rounding=(step, ident), key=spec.key)
                     else:
-                        torch._foreach_copy_(lists[i], wide[i])
+                        torch._foreach_copy_(_plain(bufs), values)
                 if rounding_seed is None:
-                    torch._foreach_copy_(lists[0], wide[0])
+                    torch._foreach_copy_(ps, wide[0])
                 else:
-                    for param, new, step, ident in zip(lists[0], wide[0], steps[chunk], idents[chunk]):
+                    for param, new, step, ident in zip(ps, wide[0], steps[chunk], idents[chunk]):
                         write_param_(param, new, rounding_seed, step, ident)
 
 
@@ -82,9 +88,12 @@ def _chunks(params: list[Tensor]) -> list[slice]:
     return chunks
 
 
-def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
+def _step_group(p: TensorList, g: TensorList, v: TensorList, m: TensorList | None, b: TensorList | None,
+                t: TensorList, hyper: Hyper) -> None:
+    # lr is a 0-d tensor when the group is capturable; the other knobs are Python numbers (validated
+    # groups), which the `type: ignore`s below pass where torch's stubs type a Scalar as a number only
+    # (its parser takes a 0-d tensor too).
     lr, alpha, eps, wd, mu = hyper.lr, hyper.alpha, hyper.eps, hyper.weight_decay, hyper.momentum
-    tensor_lr = isinstance(lr, Tensor)
 
     if t[0].is_cpu:  # one wrapped scalar instead of one per tensor on the slow path
         torch._foreach_add_(t, _CPU_ONE, alpha=1.0)
@@ -97,12 +106,12 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
         if hyper.decoupled_weight_decay:
             _scale_(p, 1 - lr * wd)  # (2) θ ← θ·(1 − η·λ)
         else:
-            g = torch._foreach_add(g, p, alpha=wd)  # (3) g ← g + λ·θ
+            g = torch._foreach_add(g, p, alpha=wd)  # type: ignore[arg-type]  # (3) g ← g + λ·θ
 
     _scale_(v, alpha)  # (4) v ← α·v + (1 − α)·g²
-    torch._foreach_addcmul_(v, g, g, value=1 - alpha)
+    torch._foreach_addcmul_(v, g, g, value=1 - alpha)  # type: ignore[arg-type]
     if m is not None:
-        torch._foreach_lerp_(m, g, 1 - alpha)  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
+        torch._foreach_lerp_(m, g, 1 - alpha)  # type: ignore[arg-type]  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
 
     v_hat, m_hat = v, m
     if hyper.bias_correction:  # (6) v̂ ← v/(1 − αᵗ), ḡ̂ ← ḡ/(1 − αᵗ)
@@ -114,39 +123,40 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
     if m_hat is not None:  # (7) r ← v̂ − ḡ̂²
         denom = torch._foreach_addcmul(v_hat, m_hat, m_hat, value=-1)
         if hyper.eps_in_sqrt:  # (8) d ← sqrt(max(r + ε, 0))
-            _plus(denom, eps, inplace=True)
+            _plus_(denom, eps)
             torch._foreach_clamp_min_(denom, 0)
             torch._foreach_sqrt_(denom)
         else:  # (8) d ← sqrt(max(r, 0)) + ε
             torch._foreach_clamp_min_(denom, 0)
             torch._foreach_sqrt_(denom)
-            _plus(denom, eps, inplace=True)
+            _plus_(denom, eps)
     elif hyper.eps_in_sqrt:  # (8) d ← sqrt(v̂ + ε)
-        denom = _plus(v_hat, eps, inplace=False)
+        denom = _plus(v_hat, eps)
         torch._foreach_sqrt_(denom)
     else:  # (8) d ← sqrt(v̂) + ε
         denom = torch._foreach_sqrt(v_hat)
-        _plus(denom, eps, inplace=True)
+        _plus_(denom, eps)
 
     if denominator_can_vanish(hyper, denom[0].dtype):  # (9) u = 0 where d = 0
         _zero_to_infinity(denom)
 
     if b is None:  # (10) θ ← θ − η·u, u = g/d  (9)
-        if tensor_lr:
+        if isinstance(lr, Tensor):
             torch._foreach_add_(p, torch._foreach_mul(torch._foreach_div(g, denom), -lr))
         else:
             torch._foreach_addcdiv_(p, g, denom, value=-lr)
         return
 
     _scale_(b, mu)
+    inc: TensorList
     if hyper.lr_in_momentum:
-        if tensor_lr:  # (13) b ← μ·b + η·u
+        if isinstance(lr, Tensor):  # (13) b ← μ·b + η·u
             torch._foreach_add_(b, torch._foreach_mul(torch._foreach_div(g, denom), lr))
         else:
             torch._foreach_addcdiv_(b, g, denom, value=lr)
         if hyper.nesterov:  # (14') θ ← θ − (η·u + μ·b)
             inc = torch._foreach_mul(b, _operand(mu, b))
-            if tensor_lr:
+            if isinstance(lr, Tensor):
                 torch._foreach_add_(inc, torch._foreach_mul(torch._foreach_div(g, denom), lr))
             else:
                 torch._foreach_addcdiv_(inc, g, denom, value=lr)
@@ -161,7 +171,7 @@ def _step_group(p, g, v, m, b, t, hyper: Hyper) -> None:
         torch._foreach_addcdiv_(inc, g, denom)
     else:  # (12) θ ← θ − η·b
         inc = b
-    if tensor_lr:
+    if isinstance(lr, Tensor):
         torch._foreach_add_(p, torch._foreach_mul(inc, -lr))
     else:
         torch._foreach_add_(p, inc, alpha=-lr)
@@ -171,7 +181,7 @@ _CPU_ONE = torch.tensor(1.0)  # read only
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _scale_(tensors: list[Tensor], factor) -> None:
+def _scale_(tensors: TensorList, factor: Scalar) -> None:
     """x ← x·factor in place, rounded as ``Tensor.mul_`` (and the engine) round it.
 
     PyTorch's in-place foreach multiply by a number rounds the number to a
@@ -185,7 +195,7 @@ def _scale_(tensors: list[Tensor], factor) -> None:
         torch._foreach_mul_(tensors, _operand(factor, tensors))
 
 
-def _zero_to_infinity(denom: list[Tensor]) -> None:
+def _zero_to_infinity(denom: TensorList) -> None:
     """d ← +∞ where d = 0, in place, so that u = g/d is 0 there (line (9))."""
     if denom[0].is_cpu:
         _zero_to_infinity_by_search(denom)
@@ -193,7 +203,7 @@ def _zero_to_infinity(denom: list[Tensor]) -> None:
         _zero_to_infinity_by_arithmetic(denom)
 
 
-def _zero_to_infinity_by_search(denom: list[Tensor]) -> None:
+def _zero_to_infinity_by_search(denom: Sequence[Tensor]) -> None:
     """On CPU: read the smallest d of each tensor (one pass, nothing allocated:
     a new tensor costs CPU memory a pass of page faults) and rewrite only the
     tensors that hold a zero, or a NaN (which could hide one). Reading a CPU
@@ -206,7 +216,7 @@ def _zero_to_infinity_by_search(denom: list[Tensor]) -> None:
         nonempty[i].masked_fill_(nonempty[i] == 0, math.inf)
 
 
-def _zero_to_infinity_by_arithmetic(denom: list[Tensor]) -> None:
+def _zero_to_infinity_by_arithmetic(denom: TensorList) -> None:
     """With no host read: d + (1/sign(d) − 1) is d where d > 0 (1/1 − 1 = 0)
     and +∞ where d = 0 (1/0 − 1); NaN stays NaN."""
     shift = torch._foreach_sign(denom)
@@ -229,19 +239,50 @@ def _constant(value: float, dtype: torch.dtype) -> Tensor:
     return torch.tensor(value, dtype=dtype)  # read only
 
 
-def _operand(x: float | Tensor, tensors: list[Tensor]) -> float | Tensor:
+def _operand(x: Scalar, tensors: Sequence[Tensor]) -> Scalar:
     """``x`` for a multi-tensor op over ``tensors``, in its fastest exact form."""
     if isinstance(x, Tensor) or not tensors or not tensors[0].is_cpu or tensors[0].dtype not in _SAME_BITS:
         return x
     return _constant(float(x), tensors[0].dtype)
 
 
-def _plus(tensors: list[Tensor], x: float | Tensor, inplace: bool) -> list[Tensor] | None:
-    """``tensors + x``, in place or not (the Tensor overload is fast only with an explicit alpha)."""
+def _plus(tensors: TensorList, x: Scalar) -> tuple[Tensor, ...]:
+    """``tensors + x`` (the Tensor overload is fast only with an explicit alpha)."""
     x = _operand(x, tensors)
-    add = torch._foreach_add_ if inplace else torch._foreach_add
-    return add(tensors, x, alpha=1.0) if isinstance(x, Tensor) else add(tensors, x)
+    if isinstance(x, Tensor):
+        return torch._foreach_add(tensors, x, alpha=1.0)
+    return torch._foreach_add(tensors, x)
 
 
-def _real(tensors: list[Tensor]) -> list[Tensor]:
+def _plus_(tensors: TensorList, x: Scalar) -> None:
+    """``tensors += x``, as :func:`_plus`."""
+    x = _operand(x, tensors)
+    if isinstance(x, Tensor):
+        torch._foreach_add_(tensors, x, alpha=1.0)
+    else:
+        torch._foreach_add_(tensors, x)
+
+
+def _real(tensors: Sequence[Tensor]) -> list[Tensor]:
     return [torch.view_as_real(x) for x in tensors]
+
+
+@overload
+def _plain(bufs: Sequence[Buffer]) -> list[Tensor]: ...
+@overload
+def _plain(bufs: None) -> None: ...
+def _plain(bufs: Sequence[Buffer] | None) -> list[Tensor] | None:
+    """Buffers known to be plain tensors, as such: those of a complex group, or
+    of a group whose storage is a float dtype (by_device_and_dtype splits
+    groups by storage, and 8-bit codes are integers). Lists, as StepTensors
+    holds them; nothing is checked or copied."""
+    return cast("list[Tensor] | None", bufs)
+
+
+@overload
+def _load(xs: Sequence[Buffer], dtype: torch.dtype) -> list[Tensor]: ...
+@overload
+def _load(xs: None, dtype: torch.dtype) -> None: ...
+def _load(xs: Sequence[Buffer] | None, dtype: torch.dtype) -> list[Tensor] | None:
+    """Each tensor's or buffer's values at ``dtype``: widened, or decoded (rmsprop.precision.load)."""
+    return None if xs is None else [load(x, dtype) for x in xs]

@@ -32,14 +32,14 @@ import functools
 import os
 import shutil
 import types
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 import torch
 from torch import Tensor
 
 from ..engine import Hyper, _is_zero, rmsprop_update
-from ..precision import load, store_, working_dtype, write_param_
+from ..precision import Buffer, load, store_, working_dtype, write_param_
 from ..quant import Blockwise, is_quantized, stored_dtype
 from ..settings import by_role
 from .grouping import StepTensors, by_device_and_dtype
@@ -96,8 +96,10 @@ def _scalar(role: str, value: float, device: torch.device) -> Tensor:
     return torch.tensor(value, dtype=torch.float64, device=device)
 
 
-def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, idents, hyper: Hyper,
-                compute: torch.dtype, finite: Tensor | None, rounding_seed: int | None) -> None:
+def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence[Buffer],
+                grad_avgs: Sequence[Buffer], momentum_buffers: Sequence[Buffer], steps: list[Tensor],
+                idents: tuple[int, ...], hyper: Hyper, compute: torch.dtype, finite: Tensor | None,
+                rounding_seed: int | None) -> None:
     """The traced body: (1)…(14) for every tensor at ``compute`` precision,
     written back in place (Inductor fuses the casts into the one pass). With
     a ``finite`` flag, each write keeps the old value where the flag is False:
@@ -130,7 +132,8 @@ def _step_group(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, 
 # Dynamo's guards already check every input's shape, stride, dtype and device
 # before the compiled code runs; Inductor's own per-input asserts repeat that
 # check at about a microsecond per tensor, which is most of a small model's step.
-_INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
+_Options = dict[str, str | int | bool | Callable[..., Any]]  # torch.compile's options=
+_INDUCTOR_OPTIONS: _Options = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
 
 # With 8-bit state each buffer's block maximum is a reduction over the new
 # values, and by default Inductor recomputes the whole update inside every
@@ -138,7 +141,7 @@ _INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "scalar_
 # instead: measured on 4 × 625k fp32 params (2-core CPU), the int8 step went
 # from 8.6 to 4.9 ms plain and from 19.4 to 12.3 ms centered with momentum.
 # Structures with plain state keep Inductor's default (one loop already).
-_QUANTIZED_OPTIONS = {**_INDUCTOR_OPTIONS, "realize_reads_threshold": 1}
+_QUANTIZED_OPTIONS: _Options = {**_INDUCTOR_OPTIONS, "realize_reads_threshold": 1}
 
 
 def _compiled_for(key: tuple, quantized: bool) -> Callable[..., None]:
@@ -191,8 +194,9 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
     if not t.params:
         return
     centered, use_momentum = hyper.centered, hyper.momentum != 0
-    for device, dtype, group in by_device_and_dtype(t, centered, use_momentum):
-        p, g, v, m, b = (_real(xs) for xs in group[:5])
+    for device, dtype, group in by_device_and_dtype(t, centered, bool(use_momentum)):
+        p, g = _real(group.params), _real(group.grads)
+        v, m, b = _real(group.square_avgs), _real(group.grad_avgs), _real(group.momentum_buffers)
         steps = group.steps
         quantized = is_quantized(v[0])
         # the random bits' salt is read only when rounding: elsewhere, one structure for any parameters
@@ -214,15 +218,19 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         _compiled_for(key, quantized)(*args)
 
 
-def _real(tensors: list[Tensor]) -> list[Tensor]:
+@overload
+def _real(tensors: list[Tensor]) -> list[Tensor]: ...
+@overload
+def _real(tensors: Sequence[Buffer]) -> Sequence[Buffer]: ...
+def _real(tensors: Sequence[Buffer]) -> Sequence[Buffer]:
     """Detached, real, at-least-1-d views of the same storage: plain tensors
     whatever the caller's types (so the compiled code is shared), complex
     tensors as ``view_as_real`` (outside the graph), and 0-d tensors as
     1-element views (Inductor 2.13 drops in-place writes into some 0-d graph
     inputs)."""
-    out = []
+    out: list[Buffer] = []
     for x in tensors:
-        if is_quantized(x):  # 8-bit state (rmsprop.quant): codes and scales, never complex or 0-d
+        if isinstance(x, Blockwise):  # 8-bit state (rmsprop.quant): codes and scales, never complex or 0-d
             out.append(Blockwise(x.codes.detach(), x.absmax.detach()))
             continue
         x = torch.view_as_real(x.detach()) if torch.is_complex(x) else x.detach()

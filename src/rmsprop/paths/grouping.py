@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -11,6 +11,8 @@ from torch import Tensor
 from ..precision import Buffer
 
 __all__ = ["StepTensors", "by_device_and_dtype"]
+
+_T = TypeVar("_T")
 
 
 class StepTensors(NamedTuple):
@@ -25,18 +27,22 @@ class StepTensors(NamedTuple):
 
     params: list[Tensor]
     grads: list[Tensor]
-    square_avgs: list[Buffer]
-    grad_avgs: list[Buffer]
-    momentum_buffers: list[Buffer]
+    square_avgs: Sequence[Buffer]  # Sequence: a list of plain tensors is one too
+    grad_avgs: Sequence[Buffer]
+    momentum_buffers: Sequence[Buffer]
     steps: list[Tensor]
     idents: list[int]
 
     def select(self, indices: list[int], centered: bool, use_momentum: bool) -> StepTensors:
         """The entries at ``indices`` (the optional lists only where used)."""
-        return StepTensors(*(
-            [xs[i] for i in indices] if (k != 3 or centered) and (k != 4 or use_momentum) else []
-            for k, xs in enumerate(self)
-        ))
+
+        def pick(xs: Sequence[_T]) -> list[_T]:
+            return [xs[i] for i in indices]
+
+        return StepTensors(pick(self.params), pick(self.grads), pick(self.square_avgs),
+                           pick(self.grad_avgs) if centered else [],
+                           pick(self.momentum_buffers) if use_momentum else [],
+                           pick(self.steps), pick(self.idents))
 
 
 def by_device_and_dtype(t: StepTensors, centered: bool, use_momentum: bool

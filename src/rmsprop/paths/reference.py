@@ -39,6 +39,8 @@ def reference_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None
         write_param_(param, new.param, rounding_seed, step, ident)
         store_(square_avg, new.square_avg, rounding=(step, ident), key="square_avg")
         if grad_avg is not None:
+            assert new.grad_avg is not None  # centered: the update returns ḡ
             store_(grad_avg, new.grad_avg, rounding=(step, ident), key="grad_avg")
         if buf is not None:
+            assert new.momentum_buffer is not None  # momentum: the update returns b
             store_(buf, new.momentum_buffer, rounding=(step, ident), key="momentum_buffer")
