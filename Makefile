@@ -15,14 +15,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/rmsprop demo
 
-test: $(STAMP)
+test: lint                         # ruff and mypy first: a type error fails the run before any test
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)                # the exhaustive checks: every knob combination compiled, ...
 	$(PY) -m pytest -q -m slow
 
-lint: $(STAMP)
+lint: $(STAMP)                     # ruff, then mypy (its settings and files: pyproject.toml's [tool.mypy])
 	$(PY) -m ruff check src tests examples scripts
+	$(PY) -m mypy
 
 # The live peers (TensorFlow, Keras, JAX/optax, timm) live in their own
 # environment, never in the project's: scripts/make_goldens.py explains it.

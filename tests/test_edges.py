@@ -323,12 +323,13 @@ def test_an_integer_step_loads_and_steps_on(path):
     assert all(step.dtype == torch.float32 and float(step) == 3 for step in steps)
 
 
-def test_a_complex_parameter_cannot_load_into_an_int8_group():
-    cplx = torch.nn.Parameter(torch.randn(4, dtype=torch.complex64))
+@pytest.mark.parametrize("numel", [4, 4096], ids=["small (float32 state)", "large (8-bit state)"])
+def test_a_complex_parameter_cannot_load_into_an_int8_group(numel):
+    cplx = torch.nn.Parameter(torch.randn(numel, dtype=torch.complex64))
     source = rmsprop.RMSprop([cplx])
     cplx.grad = torch.randn_like(cplx)
     source.step()
-    target = rmsprop.RMSprop([torch.nn.Parameter(torch.randn(4))], state_precision="int8")
+    target = rmsprop.RMSprop([torch.nn.Parameter(torch.randn(numel))], state_precision="int8")
     target.param_groups[0]["params"] = [cplx]
     with pytest.raises(ValueError, match="state_precision='int8' needs real parameters"):
         target.load_state_dict(source.state_dict())
@@ -395,3 +396,15 @@ def test_translate_accepts_every_setting_a_user_may_pass():
     assert rmsprop.translate("keras", fused=True, state_precision="bf16")["fused"] is True
     with pytest.raises(ValueError, match="has no counterpart"):
         rmsprop.translate("keras", skipped_steps=3)
+
+
+@pytest.mark.parametrize("knob,value,error", [("alpha", torch.tensor(0.9), TypeError),
+                                              ("momentum", -1.0, ValueError), ("eps", math.nan, ValueError)])
+def test_functional_knobs_are_validated_as_a_groups_are(knob, value, error):
+    params, grads = [torch.randn(3)], [torch.randn(3)]
+    knobs = dict(lr=0.1, alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False) | {knob: value}
+    before = params[0].clone()
+    with pytest.raises(error, match=f"{knob}.* in rmsprop.functional.rmsprop's arguments"):
+        functional.rmsprop(params, grads, [torch.zeros(3)], [], [torch.zeros(3)], [torch.tensor(0.0)],
+                           **knobs)
+    assert torch.equal(params[0], before)

@@ -34,8 +34,10 @@ def test_the_engine_reads_exactly_the_runtime_and_structure_rows():
 
 
 def test_presets_fill_exactly_the_rows_whose_default_is_the_presets():
-    fields = [f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "source", "argument_names")]
-    assert tuple(fields) == KNOBS == tuple(s.name for s in settings.SETTINGS if s.default is settings.FROM_PRESET)
+    records = ("name", "source", "argument_names")
+    fields = [f.name for f in dataclasses.fields(Preset) if f.name not in records]
+    rows = tuple(s.name for s in settings.SETTINGS if s.default is settings.FROM_PRESET)
+    assert tuple(fields) == KNOBS == rows
 
 
 def test_the_constructor_takes_every_setting_a_user_may_pass_and_a_group_holds_every_row():

@@ -13,7 +13,7 @@ from torch.nn import Parameter
 from .engine import Hyper
 from .paths import PATHS, choose_path
 from .paths.grouping import StepTensors
-from .settings import hyper_from
+from .settings import check_group, hyper_from, saved_defaults
 
 __all__ = ["rmsprop", "apply", "local_tensors"]
 
@@ -53,12 +53,20 @@ def rmsprop(
 
     A tensor ``lr`` is read as a Python number unless ``capturable=True``, as
     PyTorch does; with ``capturable=True`` it stays a tensor (no host read).
+    The knobs are validated as :class:`rmsprop.RMSprop` validates a group, and
+    the lists' lengths checked, before anything is written.
     """
     del has_complex  # complex tensors are recognised one by one
     if not all(isinstance(t, Tensor) for t in state_steps):
         raise RuntimeError(
             "API has changed, `state_steps` argument must contain a list of singleton tensors"
         )
+    group = {**saved_defaults(), "lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay,
+             "momentum": momentum, "centered": centered, "maximize": maximize, "eps_in_sqrt": eps_in_sqrt,
+             "lr_in_momentum": lr_in_momentum, "nesterov": nesterov,
+             "decoupled_weight_decay": decoupled_weight_decay, "bias_correction": bias_correction,
+             "capturable": capturable, "differentiable": differentiable, "foreach": foreach, "fused": fused}
+    check_group(group, "rmsprop.functional.rmsprop's arguments")  # the class's rules (rmsprop.settings)
     n = len(params)
     lists = {"grads": grads, "square_avgs": square_avgs, "state_steps": state_steps}
     if centered:
@@ -68,11 +76,6 @@ def rmsprop(
     for name, xs in lists.items():
         if len(xs) != n:
             raise ValueError(f"{name} has {len(xs)} entries for {n} params: one per parameter")
-    group = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
-             "centered": centered, "maximize": maximize, "eps_in_sqrt": eps_in_sqrt,
-             "lr_in_momentum": lr_in_momentum, "nesterov": nesterov,
-             "decoupled_weight_decay": decoupled_weight_decay, "bias_correction": bias_correction,
-             "capturable": capturable}
     tensors = StepTensors(params, grads, square_avgs, grad_avgs if centered else [],
                           momentum_buffer_list if momentum != 0 else [], state_steps, list(range(n)))
     path = choose_path(local_tensors(params, differentiable), foreach, differentiable, fused)

@@ -19,9 +19,8 @@ name                          update
 
 from __future__ import annotations
 
-import math
-
 import argparse
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType

@@ -204,7 +204,7 @@ class RMSprop(Optimizer):
         self._nonfinite = nonfinite
         self._pending_skips: Tensor | None = None
         self._backward_handle: Any = None  # set by rmsprop.step_in_backward
-        self._checked: dict[int, tuple] = {}  # id(group) -> (group, its settings when they passed, preset)
+        self._checked: dict[int, Any] = {}  # id(group) -> what its last check found (rmsprop.plan)
         self._shared = False  # share_memory() was called: new buffers go to shared memory too
         base = get_preset("torch" if preset is None else preset)
         arguments = dict(

@@ -24,7 +24,6 @@ from .engine import Hyper
 from .paths import choose_path
 from .paths.grouping import StepTensors
 from .precision import (
-    BUFFERS,
     Buffer,
     get_buffer,
     has_buffer,
@@ -59,27 +58,43 @@ class GroupPlan:
     idents: list[int]
     hyper: Hyper
     path: str
+    states: list[dict[str, Any]] | None = None  # the parameters' states, when nothing is left to create
 
 
-def check_settings(opt: RMSprop, g: int, group: dict[str, Any]) -> None:
+class _Checked:
+    """What the last check of a group found, to skip the next while nothing changed."""
+
+    __slots__ = ("group", "fingerprint", "preset", "params", "path", "hyper")
+
+    def __init__(self, group: dict[str, Any], fingerprint: tuple, preset: str) -> None:
+        self.group, self.fingerprint, self.preset = group, fingerprint, preset
+        self.params: tuple[int, ...] | None = None  # ids of the parameters the path was chosen for
+        self.path = ""
+        self.hyper: Hyper | None = None
+
+
+def check_settings(opt: RMSprop, g: int, group: dict[str, Any]) -> _Checked:
     """Validate group ``g``'s settings, unless nothing changed since they last passed.
 
     A group's ``preset`` is a record of what filled its knobs when it was
     built: renaming it later changes no knob, so it is refused.
     """
-    key = fingerprint(group)
+    values, types = fingerprint(group)
     seen = opt._checked.get(id(group))
-    if seen is not None and seen[0] is group and seen[1] == key:
-        return
+    # Types first: only then are the values plain numbers, strings and flags.
+    if seen is not None and seen.group is group and seen.fingerprint[1] == types \
+            and seen.fingerprint[0] == values:
+        return seen
     where = f"param group {g}"
     check_group(group, where)
-    if seen is not None and seen[0] is group and seen[2] != group["preset"]:
+    if seen is not None and seen.group is group and seen.preset != group["preset"]:
         raise ValueError(
-            f"{where}'s preset changed from {seen[2]!r} to {group['preset']!r}: a preset fills a group's "
+            f"{where}'s preset changed from {seen.preset!r} to {group['preset']!r}: a preset fills a group's "
             "knobs when the group is built (add_param_group({'params': ..., 'preset': ...})); to change the "
             "update of an existing group, set its knobs"
         )
-    opt._checked[id(group)] = (group, key, group["preset"])
+    checked = opt._checked[id(group)] = _Checked(group, (values, types), group["preset"])
+    return checked
 
 
 def _who(group: dict[str, Any], g: int, j: int) -> str:
@@ -92,43 +107,73 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
     """Decide group ``g``'s step (``offset``: the index of its first parameter
     in the optimizer); None when no parameter of it has a gradient. With
     ``only``, plan that one parameter of the group (step_in_backward)."""
-    if not settings_checked:
-        check_settings(opt, g, group)
+    checked = None if settings_checked else check_settings(opt, g, group)
     precision, rounding = group["state_precision"], group["stochastic_rounding"]
-    positions, params, grads, idents = [], [], [], []
+    plain = precision == "param" and not rounding  # the parameter's dtype; nothing to refuse but the dtype
+    needs = [key for key, on in (("momentum_buffer", group["momentum"] != 0), ("grad_avg", group["centered"]))
+             if on]
+    all_states = opt.state
+    positions: list[int] = []
+    params: list[Tensor] = []
+    grads: list[Tensor] = []
+    idents: list[int] = []
+    states: list[dict[str, Any]] = []  # complete only while `ready`
+    ready = True  # every state exists, stored as the group says, with every buffer the knobs use
     for j, p in enumerate(group["params"]):
-        if p.grad is None or (only is not None and p is not only):
-            continue
         grad = p.grad
+        if grad is None or (only is not None and p is not only):
+            continue
         if grad.is_sparse:
             raise SparseGradientError(f"RMSprop does not support sparse gradients ({_who(group, g, j)})")
-        if grad.shape != p.shape or grad.device != p.device or grad.is_complex() != p.is_complex():
-            raise ValueError(f"{_who(group, g, j)} has shape {tuple(p.shape)}, {p.dtype}, on {p.device}; "
-                             f"its gradient has shape {tuple(grad.shape)}, {grad.dtype}, on {grad.device}")
-        reason = storage_refusal(p, precision, rounding)
-        if reason is not None:
-            raise ValueError(f"{_who(group, g, j)}: {reason}")
-        state = opt.state.get(p)
-        if state:
-            for spec in BUFFERS:
-                buf = get_buffer(state, spec.key)
-                shape = (None if buf is None
-                         else buf.codes.shape if isinstance(buf, Blockwise) else buf.shape)
-                if shape is not None and shape != p.shape:
-                    raise ValueError(f"{_who(group, g, j)} has shape {tuple(p.shape)} but its {spec.key} has "
-                                     f"shape {tuple(shape)}: was the parameter's data replaced? Reset its "
-                                     "state (optimizer.state.pop(p)) to start it afresh")
-        if grad.dtype != p.dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
-            grad = grad.to(p.dtype)
+        shape, dtype, grad_dtype = p.shape, p.dtype, grad.dtype
+        if grad.shape != shape or (grad_dtype is not dtype and grad_dtype.is_complex != dtype.is_complex) or (
+                grad.is_cpu is not p.is_cpu or not p.is_cpu and grad.device != p.device):
+            raise ValueError(f"{_who(group, g, j)} has shape {tuple(shape)}, {dtype}, on {p.device}; "
+                             f"its gradient has shape {tuple(grad.shape)}, {grad_dtype}, on {grad.device}")
+        if not plain or not (dtype.is_floating_point or dtype.is_complex):
+            reason = storage_refusal(p, precision, rounding)
+            if reason is not None:
+                raise ValueError(f"{_who(group, g, j)}: {reason}")
+        state = all_states.get(p)
+        if state:  # every buffer of a state is made at once, or later at the shape square_avg has
+            square_avg = state.get("square_avg")
+            if square_avg is None:
+                square_avg = get_buffer(state, "square_avg")
+            stored = None if square_avg is None else (
+                square_avg.codes.shape if isinstance(square_avg, Blockwise) else square_avg.shape)
+            if stored is not None and stored != shape:
+                raise ValueError(f"{_who(group, g, j)} has shape {tuple(shape)} but its square_avg has shape "
+                                 f"{tuple(stored)}: was the parameter's data replaced? Reset its state "
+                                 "(optimizer.state.pop(p)) to start it afresh")
+            if ready:
+                ready = square_avg is not None and (
+                    square_avg.dtype is dtype if plain and not isinstance(square_avg, Blockwise)
+                    else in_storage(square_avg, p, precision)) and all(has_buffer(state, k) for k in needs)
+        else:
+            ready = False
+        if grad_dtype is not dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
+            grad = grad.to(dtype)
         positions.append(j)
         params.append(p)
         grads.append(grad)
         idents.append(offset + j)
+        if ready and state is not None:
+            states.append(state)
     if not params:
         return None
-    local = functional.local_tensors(params, group["differentiable"])
-    path = choose_path(local, group["foreach"], group["differentiable"], group["fused"])
-    return GroupPlan(g, group, positions, params, grads, idents, hyper_from(group), path)
+    # The path and the hyperparameters, decided again when the settings or
+    # the parameters stepped change (a tensor lr is read at every step).
+    ids = tuple(map(id, params))
+    if checked is not None and checked.params == ids and checked.hyper is not None:
+        path, hyper = checked.path, checked.hyper
+    else:
+        local = functional.local_tensors(params, group["differentiable"])
+        path = choose_path(local, group["foreach"], group["differentiable"], group["fused"])
+        hyper = hyper_from(group)
+        if checked is not None:
+            checked.params, checked.path = ids, path
+            checked.hyper = None if isinstance(group["lr"], Tensor) else hyper
+    return GroupPlan(g, group, positions, params, grads, idents, hyper, path, states if ready else None)
 
 
 def who(plan: GroupPlan, i: int) -> str:
@@ -144,8 +189,8 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None) -> No
     grad_avgs: list[Buffer] = []
     momentum_buffers: list[Buffer] = []
     steps: list[Tensor] = []
-    for p in plan.params:
-        state = ensure_state(opt, p, group)
+    states = plan.states if plan.states is not None else [ensure_state(opt, p, group) for p in plan.params]
+    for state in states:
         square_avgs.append(get_buffer(state, "square_avg"))  # type: ignore[arg-type]
         steps.append(state["step"])
         if centered:
@@ -170,14 +215,18 @@ def ensure_state(opt: RMSprop, p: Tensor, group: dict[str, Any]) -> dict[str, An
         _share(opt, state)
         return state
     precision = group["state_precision"]
-    square_avg = get_buffer(state, "square_avg")
-    if square_avg is not None and not in_storage(square_avg, p, precision):
-        restore_(state, p, precision)
-        _share(opt, state)
-    for spec, needed in (("momentum_buffer", group["momentum"] != 0), ("grad_avg", group["centered"])):
-        if needed and not has_buffer(state, spec):
-            put_buffer(state, spec, new_buffer(p, precision, spec))
+    square_avg = state.get("square_avg")
+    if square_avg is None or square_avg.dtype is not p.dtype or precision != "param":  # else stored as is
+        square_avg = get_buffer(state, "square_avg")
+        if square_avg is not None and not in_storage(square_avg, p, precision):
+            restore_(state, p, precision)
             _share(opt, state)
+    if group["momentum"] != 0 and not has_buffer(state, "momentum_buffer"):
+        put_buffer(state, "momentum_buffer", new_buffer(p, precision, "momentum_buffer"))
+        _share(opt, state)
+    if group["centered"] and not has_buffer(state, "grad_avg"):
+        put_buffer(state, "grad_avg", new_buffer(p, precision, "grad_avg"))
+        _share(opt, state)
     return state
 
 

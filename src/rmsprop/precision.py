@@ -96,8 +96,11 @@ def new_buffer(param: torch.Tensor, precision: str, key: str, fill: float = 0.0)
 def storage_refusal(param: torch.Tensor, precision: str, stochastic_rounding: bool) -> str | None:
     """Why ``param`` cannot be stepped and stored as ``precision`` says, or
     None. Asked before a step or a load writes anything: the paths never refuse."""
-    if not (param.is_floating_point() or param.is_complex()):
-        return f"parameters must be floating point or complex, not {param.dtype}"
+    dtype = param.dtype
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return f"parameters must be floating point or complex, not {dtype}"
+    if precision == "param" and not stochastic_rounding:
+        return None
     if param.is_complex() and precision in ("bf16", "int8"):
         return (f"state_precision={precision!r} needs real parameters (there is no complex "
                 f"{'bfloat16' if precision == 'bf16' else '8-bit state'}); this one is {param.dtype}")
@@ -156,15 +159,20 @@ def restore_(state: dict[str, Any], param: torch.Tensor, precision: str,
         put_buffer(state, spec.key, buf)
 
 
+_CODES_KEY = {b.key: b.key + quant.CODES for b in BUFFERS}
+_ABSMAX_KEY = {b.key: b.key + quant.ABSMAX for b in BUFFERS}
+
+
 def has_buffer(state: dict[str, Any], key: str) -> bool:
-    return key in state or key + quant.CODES in state
+    return key in state or _CODES_KEY[key] in state
 
 
 def get_buffer(state: dict[str, Any], key: str) -> torch.Tensor | quant.Blockwise | None:
     """The buffer ``key`` of one parameter's state, as the paths take it (None if absent)."""
-    if key + quant.CODES in state:
-        return quant.Blockwise(state[key + quant.CODES], state[key + quant.ABSMAX])
-    return state.get(key)
+    buf = state.get(key)
+    if buf is None and _CODES_KEY[key] in state:
+        return quant.Blockwise(state[_CODES_KEY[key]], state[_ABSMAX_KEY[key]])
+    return buf
 
 
 def put_buffer(state: dict[str, Any], key: str, buf: torch.Tensor | quant.Blockwise) -> None:
