@@ -38,10 +38,10 @@ def inner(steps: int) -> float:
         opt.step()
     times = []
     for _ in range(7):
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: a descheduled process is not charged
         for _ in range(steps):
             opt.step()
-        times.append((time.perf_counter() - start) / steps)
+        times.append((time.process_time() - start) / steps)
     return sorted(times)[1] * 1e6  # a low order statistic of 7 blocks
 
 

@@ -116,7 +116,6 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
     positions: list[int] = []
     params: list[Tensor] = []
     grads: list[Tensor] = []
-    idents: list[int] = []
     states: list[dict[str, Any]] = []  # complete only while `ready`
     ready = True  # every state exists, stored as the group says, with every buffer the knobs use
     for j, p in enumerate(group["params"]):
@@ -126,11 +125,12 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
         if grad.is_sparse:
             raise SparseGradientError(f"RMSprop does not support sparse gradients ({_who(group, g, j)})")
         shape, dtype, grad_dtype = p.shape, p.dtype, grad.dtype
-        if grad.shape != shape or (grad_dtype is not dtype and grad_dtype.is_complex != dtype.is_complex) or (
+        same_dtype = grad_dtype is dtype
+        if grad.shape != shape or (not same_dtype and grad_dtype.is_complex != dtype.is_complex) or (
                 grad.is_cpu is not p.is_cpu or not p.is_cpu and grad.device != p.device):
             raise ValueError(f"{_who(group, g, j)} has shape {tuple(shape)}, {dtype}, on {p.device}; "
                              f"its gradient has shape {tuple(grad.shape)}, {grad_dtype}, on {grad.device}")
-        if not plain or not (dtype.is_floating_point or dtype.is_complex):
+        if not plain or not same_dtype:  # (a gradient is floating point: so is its parameter, if alike)
             reason = storage_refusal(p, precision, rounding)
             if reason is not None:
                 raise ValueError(f"{_who(group, g, j)}: {reason}")
@@ -139,28 +139,30 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
             square_avg = state.get("square_avg")
             if square_avg is None:
                 square_avg = get_buffer(state, "square_avg")
+            quantized = isinstance(square_avg, Blockwise)
             stored = None if square_avg is None else (
-                square_avg.codes.shape if isinstance(square_avg, Blockwise) else square_avg.shape)
+                square_avg.codes.shape if quantized else square_avg.shape)
             if stored is not None and stored != shape:
                 raise ValueError(f"{_who(group, g, j)} has shape {tuple(shape)} but its square_avg has shape "
                                  f"{tuple(stored)}: was the parameter's data replaced? Reset its state "
                                  "(optimizer.state.pop(p)) to start it afresh")
             if ready:
                 ready = square_avg is not None and (
-                    square_avg.dtype is dtype if plain and not isinstance(square_avg, Blockwise)
-                    else in_storage(square_avg, p, precision)) and all(has_buffer(state, k) for k in needs)
+                    square_avg.dtype is dtype if plain and not quantized
+                    else in_storage(square_avg, p, precision)) and (
+                    not needs or all(has_buffer(state, k) for k in needs))
         else:
             ready = False
-        if grad_dtype is not dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
+        if not same_dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
             grad = grad.to(dtype)
         positions.append(j)
         params.append(p)
         grads.append(grad)
-        idents.append(offset + j)
         if ready and state is not None:
             states.append(state)
     if not params:
         return None
+    idents = [offset + j for j in positions]
     # The path and the hyperparameters, decided again when the settings or
     # the parameters stepped change (a tensor lr is read at every step).
     ids = tuple(map(id, params))
