@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 import rmsprop
+from rmsprop.paths import choose_path
 
 SHAPES = [(), (7,), (3, 4), (0,), (2, 0, 3)]
 
@@ -72,4 +74,65 @@ def state_of(opt: torch.optim.Optimizer, params) -> list[dict[str, torch.Tensor]
     return [dict(opt.state[p]) for p in params]
 
 
-__all__ = ["SHAPES", "make_params", "grad_stream", "run", "clone_params", "state_of", "rmsprop"]
+def _fused_unavailable() -> str | None:
+    """Why ``fused=True`` cannot run on CPU tensors here (no C++ compiler on
+    ``CXX`` or PATH, ``RMSPROP_DISABLE_COMPILE=1``), or None: asked of the
+    policy function that ``fused=True`` goes through, so a test skips exactly
+    where the fused path would raise."""
+    try:
+        choose_path([torch.zeros(1)], None, False, True)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+FUSED_UNAVAILABLE = _fused_unavailable()
+
+#: The one marker for every test that runs the fused path (or asks the policy
+#: to pick it): without a compiler such a test skips, saying why; it never fails.
+needs_fused = pytest.mark.skipif(FUSED_UNAVAILABLE is not None,
+                                 reason=f"needs the fused path: {FUSED_UNAVAILABLE}")
+
+
+class NoHostReads(torch.Tensor):
+    """A tensor that fails a test when a value of it, or of anything computed
+    from it, is read back to the host while :attr:`armed` (see
+    :func:`forbid_host_reads`). Derived tensors keep the type, so ``float(2 * lr)``
+    is caught as well as ``lr.item()``."""
+
+    armed = False
+
+
+def _refuse(name: str):
+    base = getattr(torch.Tensor, name)
+
+    def method(self, *args, **kwargs):
+        if NoHostReads.armed:
+            raise AssertionError(f"host read: Tensor.{name} of a tensor that must stay on its device")
+        return base(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+HOST_READS = ("item", "tolist", "numpy", "__float__", "__int__", "__index__", "__bool__", "__complex__",
+              "__array__", "__format__")
+for _name in HOST_READS:
+    setattr(NoHostReads, _name, _refuse(_name))
+
+
+class forbid_host_reads:
+    """``with forbid_host_reads():`` any host read of a :class:`NoHostReads`
+    tensor (or one derived from it) inside the block fails the test."""
+
+    def __enter__(self):
+        NoHostReads.armed = True
+        return self
+
+    def __exit__(self, *exc):
+        NoHostReads.armed = False
+        return False
+
+
+__all__ = ["SHAPES", "make_params", "grad_stream", "run", "clone_params", "state_of", "rmsprop",
+           "FUSED_UNAVAILABLE", "needs_fused", "NoHostReads", "forbid_host_reads", "HOST_READS"]

@@ -18,7 +18,10 @@ What is promised, for finite inputs:
 - nothing raises.
 
 ``make test`` runs a fixed, derandomized number of examples; ``make
-test-slow`` many more.
+test-slow`` many more. A property that compares values says how many it
+compared: each run asserts a minimum (moved parameters against PyTorch,
+compared elements on the fused path), so a strategy whose draws drift towards
+cases with nothing to compare fails instead of passing vacuously.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from hypothesis import strategies as st
 
 import rmsprop
 
+from helpers import needs_fused
 from hostile import (
     DTYPES,
     PROFILES,
     REAL_DTYPES,
+    TAME_PROFILES,
     Spec,
     Trial,
     as_real,
@@ -42,6 +47,7 @@ from hostile import (
     grad_profiles,
     has_nan,
     knobs,
+    overflowing,
     overflows,
     real_dtype,
     specs,
@@ -57,14 +63,16 @@ def _assert_same_bits(ours: list[torch.Tensor], reference: list[torch.Tensor], w
                                    msg=lambda m, i=i: f"{where}, tensor {i}: {m}")
 
 
-def _assert_sane(trial: Trial, overflowed: bool, inputs_finite: bool, where: str) -> None:
-    for p in trial.params:
+def _assert_sane(trial: Trial, clean: list[bool], where: str) -> None:
+    """``square_avg`` ≥ 0 everywhere; no NaN in a parameter or its state where
+    ``clean`` says its inputs were finite and nothing overflowed."""
+    for i, (p, ok) in enumerate(zip(trial.params, clean)):
         state = trial.opt.state.get(p, {})
         if "square_avg" in state:
             assert not bool((as_real(state["square_avg"]) < 0).any()), f"{where}: square_avg < 0"
-    if inputs_finite and not overflowed:
-        for i, t in enumerate(trial.tensors()):
-            assert not has_nan(t), f"{where}: NaN in tensor {i} from finite input without overflow"
+        if ok:
+            for key, t in (("θ", p.detach()), *state.items()):
+                assert not has_nan(t), f"{where}: NaN in {key} of parameter {i}: finite input, no overflow"
 
 
 def _check_reference_against_foreach(data) -> None:
@@ -81,7 +89,7 @@ def _check_reference_against_foreach(data) -> None:
         fe.step(t, step_profiles)
         where = f"step {t}"
         _assert_same_bits(fe.tensors(), ref.tensors(), where)
-        _assert_sane(ref, overflowed, inputs_finite, where)
+        _assert_sane(ref, [inputs_finite and not overflowed] * len(ref.params), where)
 
 
 def _property(check, n_examples: int) -> None:
@@ -104,7 +112,7 @@ def _torch_knobs():
                                   ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")})
 
 
-def _check_against_torch(data) -> None:
+def _check_against_torch(data, tally) -> None:
     case_specs = data.draw(specs(dtypes=REAL_DTYPES), label="specs")
     case_knobs = data.draw(_torch_knobs(), label="knobs")
     profiles = data.draw(grad_profiles(len(case_specs), STEPS), label="gradient profiles")
@@ -115,6 +123,7 @@ def _check_against_torch(data) -> None:
     # bfloat16 before multiplying by them (on CPU), its for-loop and both our
     # paths do not; in float32 and float64 its two paths agree.
     theirs = Trial(case_specs, case_knobs, seed, cls=torch.optim.RMSprop, foreach=False)
+    start = [q.detach().clone() for q in theirs.params]
     sane = True  # finite inputs and no overflow so far
     for t, step_profiles in enumerate(profiles):
         sane = sane and not overflows(ours, t, step_profiles, case_knobs) and all(
@@ -133,11 +142,24 @@ def _check_against_torch(data) -> None:
                     assert torch.equal(mine[torch_finite], value[torch_finite]), f"{where}, {key}"
             if sane:  # where PyTorch gives NaN or ±Inf from finite input (0/0, g/0), we do not
                 assert finite(p.detach()), where
+    # Did this example compare a parameter that moved (where PyTorch's is finite)?
+    tally["examples"] += 1
+    tally["moved"] += any(bool((q.detach() != q0)[torch.isfinite(q.detach())].any())
+                          for q, q0 in zip(theirs.params, start))
+
+
+# The share of the property's examples in which a compared parameter moved:
+# 0.27 before the draws were weighted (lr = 0, listed first, was the most
+# frequent draw; 0-size dimensions and missing gradients were frequent too),
+# 0.75 now (0.6 to 0.85 under other seeds).
+MIN_MOVED_SHARE = 0.5
 
 
 @pytest.mark.parametrize("n_examples", EXAMPLES)
 def test_equals_torch_wherever_torchs_result_is_finite(n_examples):
-    _property(_check_against_torch, n_examples)
+    tally = {"examples": 0, "moved": 0}
+    _property(lambda data: _check_against_torch(data, tally), n_examples)
+    assert tally["moved"] >= MIN_MOVED_SHARE * tally["examples"], tally
 
 
 @pytest.mark.parametrize("dtype", REAL_DTYPES, ids=[str(d)[6:] for d in REAL_DTYPES])
@@ -189,30 +211,44 @@ def _working(dtype: torch.dtype) -> torch.dtype:
 
 
 def _fused_case(dtype, structure, data):
-    value_profiles = data.draw(st.lists(st.sampled_from(PROFILES), min_size=len(FUSED_SHAPES),
+    # Three cases in four are tame: values whose squares stay in range and
+    # ordinary hyperparameters, so that nearly every value is compared; the
+    # fourth draws from every profile and extreme, where overflow turns the
+    # comparison of the tensors it reaches off.
+    tame = data.draw(st.sampled_from(("tame", "tame", "tame", "wild")), label="case") == "tame"
+    value_set = TAME_PROFILES if tame else PROFILES
+    value_profiles = data.draw(st.lists(st.sampled_from(value_set), min_size=len(FUSED_SHAPES),
                                         max_size=len(FUSED_SHAPES)), label="value profiles")
     case_specs = [Spec(shape, layout, dtype, profile)
                   for (shape, layout), profile in zip(FUSED_SHAPES, value_profiles)]
-    case_knobs = data.draw(knobs(weight_decay=(0.1, 1e4), momentum=(0.5, 0.9)), label="knobs")
+    choices = dict(weight_decay=((0.1,), (1e4,)), momentum=((0.9, 0.5), ()))  # λ and μ are nonzero here
+    if tame:  # no extremes: lr = 0 and 1, ε = 0 and 1e-30, α = 1 and λ = 1e4 are the wild cases' part
+        choices.update(lr=((0.01, 1e-3, 0.1), ()), eps=((1e-8, 1e-3), ()), alpha=((0.9, 0.99, 0.5, 0.0), ()),
+                       weight_decay=((0.1,), ()))
+    case_knobs = data.draw(knobs(**choices), label="knobs")
     case_knobs.update(FUSED_STRUCTURES[structure])
     if case_knobs["bias_correction"] and case_knobs["alpha"] == 1:
         case_knobs["alpha"] = 0.99  # 1 − αᵗ = 0: refused by the constructor
-    every_tensor = st.lists(st.sampled_from(PROFILES), min_size=len(FUSED_SHAPES), max_size=len(FUSED_SHAPES))
+    every_tensor = st.lists(st.sampled_from(value_set), min_size=len(FUSED_SHAPES),
+                            max_size=len(FUSED_SHAPES))
     profiles = data.draw(st.lists(every_tensor, min_size=STEPS, max_size=STEPS), label="gradient profiles")
     return case_specs, case_knobs, profiles, data.draw(st.integers(0, 2**16), label="seed")
 
 
-def _rounding_bounds(theta, grad, state, knobs, unit):
+def _rounding_bounds(theta, grad, state, knobs, unit, tiny):
     """How far one correct step at unit roundoff ``unit`` may land from the
     exact one, per element: an a-priori error model of lines (1)-(14), in
-    float64. Each operation adds K·unit of the magnitudes it combines; the
+    float64. Each operation adds K·unit of the magnitudes it combines, and
+    K·``tiny`` (the working dtype's smallest subnormal) where its result
+    underflows; a product η·g that underflows before the division by d (ATen's
+    addcdiv multiplies first: a subnormal g loses digits there) adds K·tiny/d. The
     division u = g/d inherits d's relative error, which the cancellation in
     the centered r = v̂ − ḡ̂² amplifies by (v̂ + ḡ̂²)/r. Where r + ε is within
     its own noise of 0, d (and with it u, b and θ) is the root of noise and any
     value is a correct rounding: those elements get an infinite bound.
 
     Returns the bounds of θ, v, ḡ and b (``None`` for a buffer not in use)."""
-    k = 8 * unit
+    k, floor = 8 * unit, 8 * tiny
     a_, lr, eps, lam, mu = knobs["alpha"], knobs["lr"], knobs["eps"], knobs["weight_decay"], knobs["momentum"]
     theta, grad = as_real(theta), as_real(grad)
     g = -grad if knobs["maximize"] else grad
@@ -239,23 +275,24 @@ def _rounding_bounds(theta, grad, state, knobs, unit):
     rel_d = k + arg_noise / (2 * arg.clamp_min(arg_noise)) * root / d.clamp_min(1e-300)
     u = g.abs() / d
     du = k * g_size / d + u * rel_d
+    under = floor / d.clamp_min(1e-300)  # η·g underflowed, then divided by d
     decay = 1 + lr * lam if decoupled else 1.0
     theta_size = theta.abs() * decay
     if mu == 0:
         b_bound = None
-        theta_bound = k * (theta_size + lr * u) + lr * du
+        theta_bound = k * (theta_size + lr * u) + lr * du + under + floor
     else:
         b_old = as_real(state["momentum_buffer"]).abs()
         scale = lr if knobs["lr_in_momentum"] else 1.0
         b_size = mu * b_old + scale * u
-        b_bound = k * b_size + scale * du
+        b_bound = k * b_size + scale * du + under + floor
         step_size = (1 + mu) * (b_size + scale * u)
-        step_bound = (1 + mu) * b_bound + scale * du
+        step_bound = (1 + mu) * b_bound + scale * du + under
         outer = 1.0 if knobs["lr_in_momentum"] else lr
-        theta_bound = k * (theta_size + outer * step_size) + outer * step_bound
+        theta_bound = k * (theta_size + outer * step_size) + outer * step_bound + floor
         b_bound = torch.where(ill, torch.inf, b_bound)
     theta_bound = torch.where(ill, torch.inf, theta_bound)
-    return theta_bound, k * v_size, None if m_size is None else k * m_size, b_bound
+    return theta_bound, k * v_size + floor, None if m_size is None else k * m_size + floor, b_bound
 
 
 def _fresh_state(p, knobs):
@@ -265,12 +302,13 @@ def _fresh_state(p, knobs):
     return {"step": torch.tensor(0.0), "square_avg": v, "grad_avg": zeros, "momentum_buffer": zeros}
 
 
-def _check_fused(dtype, structure, data):
+def _check_fused(dtype, structure, data, tally):
     case_specs, case_knobs, profiles, seed = _fused_case(dtype, structure, data)
     fused = Trial(case_specs, case_knobs, seed, fused=True)
     work = _working(dtype)
-    unit = torch.finfo(real_dtype(work)).eps / 2
-    storage = torch.finfo(real_dtype(dtype)).eps
+    info = torch.finfo(real_dtype(work))
+    unit, tiny = info.eps / 2, info.smallest_normal * info.eps
+    storage = torch.finfo(real_dtype(dtype))
     wide = lambda x: x.to(torch.complex128 if x.is_complex() else torch.float64)  # noqa: E731
     ref_params = [torch.nn.Parameter(p.detach().to(work, copy=True)) for p in fused.params]
     ref = rmsprop.RMSprop(ref_params, **case_knobs, foreach=False)
@@ -286,34 +324,41 @@ def _check_fused(dtype, structure, data):
                                 for k, v in state.items()}
             wide_state = {k: wide(v) for k, v in state.items() if k != "step"}
             wide_state["step"] = state["step"].item() + 1
-            bounds.append(_rounding_bounds(wide(p.detach()), wide(g), wide_state, case_knobs, unit))
-        inputs_finite = all(finite(x) for x in fused.tensors() + grads)
-        overflowed = overflows(fused, t, step_profiles, case_knobs)
+            bounds.append(_rounding_bounds(wide(p.detach()), wide(g), wide_state, case_knobs, unit, tiny))
+        # Per parameter (the update is elementwise: one tensor's overflow says
+        # nothing about another's): were its inputs finite, and does it stay in range?
+        over = overflowing(fused, t, step_profiles, case_knobs)
+        written = [(p.detach(), *fused.opt.state.get(p, {}).values()) for p in fused.params]
+        clean = [not o and finite(g) and all(finite(x) for x in xs) for xs, g, o in zip(written, grads, over)]
         for p, q, g in zip(fused.params, ref_params, grads):
             p.grad, q.grad = g, g.to(work, copy=True)
         fused.opt.step()
         ref.step()
         # Past an overflow the paths may part (NaN on one, ±Inf on the other):
         # only the sanity checks below hold there.
-        for i, (p, q, bound) in enumerate(zip(fused.params, ref_params, bounds) if inputs_finite
-                                          and not overflowed else ()):
+        for i, (p, q, bound, ok) in enumerate(zip(fused.params, ref_params, bounds, clean)):
+            tally["elements"] += sum(b.numel() for b in bound if b is not None)
+            if not ok:
+                continue
             pairs = [(p.detach(), q.detach(), bound[0])]
             for key, b in zip(("square_avg", "grad_avg", "momentum_buffer"), bound[1:]):
                 if key in fused.opt.state[p]:
                     pairs.append((fused.opt.state[p][key], ref.state[q][key], b))
             for j, (got, expected, b) in enumerate(pairs):
                 _assert_within(got, expected, b, storage, f"step {t}, parameter {i}, tensor {j}")
+                tally["compared"] += int(torch.isfinite(b).sum())  # an infinite bound compares nothing
             assert torch.equal(fused.opt.state[p]["step"], ref.state[q]["step"])
-        _assert_sane(fused, overflowed, inputs_finite, f"step {t}")
+        _assert_sane(fused, clean, f"step {t}")
 
 
 def _assert_within(got, expected, bound, storage, where):
     """|got − expected| ≤ 2·bound (each within ``bound`` of the exact value)
-    plus one unit of the storage dtype's last place (both are rounded once
-    to it); equal non-finite values agree."""
+    plus one unit of the storage dtype's last place, subnormals included (both
+    are rounded once to it); equal non-finite values agree."""
     a, b = as_real(got).double(), as_real(expected).to(got.dtype).double()
     same = (a == b) | (torch.isnan(a) & torch.isnan(b))
-    allowed = 2 * bound + storage * torch.maximum(a.abs(), b.abs())
+    ulp = storage.eps * torch.maximum(a.abs(), b.abs()) + storage.smallest_normal * storage.eps
+    allowed = 2 * bound + ulp
     bad = ~same & ~((a - b).abs() <= allowed)
     if bool(bad.any()):
         j = int(bad.flatten().nonzero()[0])
@@ -331,6 +376,17 @@ FUSED_CASES = [pytest.param(dtype, structure, 10 if (dtype, structure) in _FAST 
                for dtype in DTYPES for structure in FUSED_STRUCTURES]
 
 
+# The share of the elements written (θ and its buffers, every step of every
+# example) that the comparison held to a finite bound: 0.05 to 0.2 when one
+# overflowing tensor turned the comparison of its whole step off and most
+# draws overflowed (8 or 9 of 10 examples compared nothing); 0.89 to 0.97 now
+# (0.53 and up under other seeds).
+MIN_COMPARED_SHARE = 0.5
+
+
+@needs_fused
 @pytest.mark.parametrize("dtype,structure,n_examples", FUSED_CASES)
 def test_fused_path_agrees_with_the_reference(dtype, structure, n_examples):
-    _property(lambda data: _check_fused(dtype, structure, data), n_examples)
+    tally = {"elements": 0, "compared": 0}
+    _property(lambda data: _check_fused(dtype, structure, data, tally), n_examples)
+    assert tally["compared"] >= MIN_COMPARED_SHARE * tally["elements"], tally

@@ -1,5 +1,7 @@
-"""Robustness: the non-finite gradient policy, bit-exact resume in a fresh
-process, and load_state_dict's ``knobs=`` modes."""
+"""Robustness: the non-finite gradient policy (on the host and, forced on
+CPU, as decided on an accelerator), capturable's promise never to read lr
+back to the host, bit-exact resume in a fresh process, and
+load_state_dict's ``knobs=`` modes."""
 
 from __future__ import annotations
 
@@ -10,18 +12,22 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 import rmsprop
+import rmsprop.finite
 from rmsprop.paths import PATHS
 from rmsprop.paths.grouping import StepTensors
 
 from cases import pairwise_combinations
-from helpers import clone_params, grad_stream, make_params
+from helpers import NoHostReads, clone_params, forbid_host_reads, grad_stream, make_params, needs_fused
 
 PATH_ARGS = {"reference": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+# Every path, the fused one under the shared marker (it needs a C++ compiler).
+EVERY_PATH = ["reference", "foreach", pytest.param("fused", marks=needs_fused)]
 KNOBS = {"momentum": 0.9, "centered": True, "weight_decay": 0.01}
 
 
@@ -62,7 +68,7 @@ def test_nonfinite_must_be_a_known_policy():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("path", ["reference", "foreach", "fused"])
+@pytest.mark.parametrize("path", EVERY_PATH)
 def test_skip_changes_nothing_and_the_run_goes_on_as_without_the_batch(path, bad):
     base = make_params(torch.float32)
     stream = grad_stream(base, 6)
@@ -150,7 +156,7 @@ def test_raise_names_the_parameter_and_step_and_changes_nothing(named):
     _assert_same(_snapshot([w, bias], opt), before)
 
 
-@pytest.mark.parametrize("path", ["reference", "foreach", "fused"])
+@pytest.mark.parametrize("path", EVERY_PATH)
 @torch.no_grad()
 def test_every_path_obeys_a_false_finite_flag(path):
     """The paths' own contract, used where the decision stays on an accelerator
@@ -173,7 +179,9 @@ def test_every_path_obeys_a_false_finite_flag(path):
 
 def test_grad_scaler_skips_before_the_optimizer_sees_the_gradients():
     """GradScaler never calls step() when it found an Inf, so only the steps
-    that reach us count as skipped."""
+    that reach us count as skipped; and what it lets through, nonfinite="skip"
+    catches: a NaN made after ``scaler.unscale_`` (clipping to a norm budget
+    that came out NaN) reaches step(), which changes nothing and counts it."""
     p = torch.nn.Parameter(torch.ones(2))
     opt = rmsprop.RMSprop([p], nonfinite="skip")
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
@@ -184,6 +192,159 @@ def test_grad_scaler_skips_before_the_optimizer_sees_the_gradients():
         opt.zero_grad()
     assert opt.skipped_steps == 0
     assert opt.state[p]["step"] == 1 and scaler.get_scale() == 2.0**3
+
+    def train_step(param, optimizer, amp, budget):
+        amp.scale((param * torch.tensor([3.0, -4.0])).sum()).backward()
+        amp.unscale_(optimizer)  # finite: the scaler will call step()
+        torch.nn.utils.clip_grad_norm_([param], max_norm=budget)
+        nan = bool(param.grad.isnan().all())  # what the scaler did not see
+        amp.step(optimizer)
+        amp.update()
+        optimizer.zero_grad()
+        return nan
+
+    twin = torch.nn.Parameter(p.detach().clone())  # the same run without the bad batch
+    ref = rmsprop.RMSprop([twin])
+    ref.load_state_dict(copy.deepcopy(opt.state_dict()))
+    twin_scaler = torch.amp.GradScaler("cpu", init_scale=scaler.get_scale())
+    for t, budget in enumerate([1.0, float("nan"), 1.0]):
+        before = _snapshot([p], opt)
+        assert train_step(p, opt, scaler, budget) == (t == 1)
+        if t == 1:
+            for group in before[1]["param_groups"]:
+                group["skipped_steps"] += 1  # the only change
+            _assert_same(_snapshot([p], opt), before)
+        else:
+            train_step(twin, ref, twin_scaler, budget)
+    assert opt.skipped_steps == 1 and scaler.get_scale() == 2.0**3  # the scaler saw nothing wrong
+    assert opt.state[p]["step"] == 3 and torch.equal(p.detach(), twin.detach())
+
+
+# ------------------------------------------------------------ verdicts on an accelerator
+
+
+class _OnAnAccelerator(torch.Tensor):
+    """A CPU tensor that says it is not on the CPU; so do the tensors computed
+    from it (``all()``, ``~``, sums)."""
+
+    @property
+    def is_cpu(self) -> bool:
+        return False
+
+
+@pytest.fixture
+def verdicts_on_an_accelerator(monkeypatch):
+    """The non-finite verdict of a step, made to look as if it lived on an
+    accelerator: the per-gradient flags that ``rmsprop.finite.finite_flags``
+    returns (wherever rmsprop calls it from) come back as _OnAnAccelerator.
+    The hook this relies on: the step gets its flags from ``finite_flags``,
+    and keeps the verdict as a device tensor where ``is_cpu`` is False."""
+    real = rmsprop.finite.finite_flags
+    callers = [m for name, m in list(sys.modules.items()) if name.startswith("rmsprop")
+               and isinstance(m, ModuleType) and getattr(m, "finite_flags", None) is real]
+    assert callers
+
+    def flags(tensors):
+        return real(tensors).as_subclass(_OnAnAccelerator)
+
+    for module in callers:
+        monkeypatch.setattr(module, "finite_flags", flags)
+
+
+def _exact_state(params, opt):
+    """θ and the state, cloned, without asking the optimizer (``state_dict``
+    would settle the skips still on the device)."""
+    return ([p.detach().clone() for p in params],
+            [{key: value.clone() for key, value in opt.state[p].items()} if p in opt.state else None
+             for p in params])
+
+
+def _assert_same_state(a, b):
+    for x, y in zip(a[0], b[0]):
+        assert torch.equal(x, y)
+    for x, y in zip(a[1], b[1]):
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.parametrize("path", ["reference", "foreach"])
+def test_skips_decided_on_an_accelerator_are_counted_when_asked(path, verdicts_on_an_accelerator):
+    """Where the gradients live on an accelerator, "skip" keeps the verdict on
+    the device and reads the count back only when asked (``skipped_steps``,
+    ``state_dict``, pickling, a new group): good and bad steps in a row,
+    several skips waiting at once, asked twice and counted once. The run is
+    the run without the bad batches."""
+    base = make_params(torch.float32)
+    stream = grad_stream(base, 8)
+    bad = {1: float("nan"), 2: float("inf"), 5: -float("inf"), 6: float("nan")}
+    poisoned = stream
+    for t, value in bad.items():
+        poisoned = _poisoned(poisoned, t, value)
+    clean = clone_params(base)
+    ref = rmsprop.RMSprop(clean, **KNOBS, **PATH_ARGS[path])
+    for t, grads in enumerate(stream):
+        if t not in bad:
+            _feed(clean, grads)
+            ref.step()
+
+    params = clone_params(base)
+    opt = rmsprop.RMSprop([{"params": params[:3]}, {"params": params[3:], "lr": 0.01}],
+                          **KNOBS, **PATH_ARGS[path], nonfinite="skip")
+    asked = []
+    for t, grads in enumerate(poisoned):
+        _feed(params, grads)
+        before = _exact_state(params, opt)
+        opt.step()
+        if t in bad:
+            _assert_same_state(_exact_state(params, opt), before)
+        if t == 1:  # not read back yet: the count is still on the device
+            asked.append([g["skipped_steps"] for g in opt.param_groups])
+        if t == 2:  # two skips waiting
+            asked.append([g["skipped_steps"] for g in opt.state_dict()["param_groups"]])
+        if t == 3:
+            asked.append([opt.skipped_steps, opt.skipped_steps])  # asked twice, counted once
+        if t == 6:
+            clone = pickle.loads(pickle.dumps(opt))
+            asked.append([g["skipped_steps"] for g in clone.param_groups])
+    extra = torch.nn.Parameter(torch.ones(1))
+    opt.add_param_group({"params": [extra]})
+    asked.append([g["skipped_steps"] for g in opt.param_groups])
+    assert asked == [[0, 0], [2, 2], [2, 2], [4, 4], [4, 4, 4]]
+    assert opt.skipped_steps == 4
+    for a, b in zip(params, clean):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------- capturable
+
+
+@pytest.mark.parametrize("path", ["reference", "foreach"])
+def test_capturable_never_reads_lr_back_to_the_host(path):
+    """A capturable step keeps a tensor lr on its device: no value of it, or
+    of anything computed from it, comes back to the host during step()
+    (``item``, ``tolist``, ``float``, ``int``, ``bool``, ``__index__``, …:
+    helpers.NoHostReads), on CPU too; the result is the float lr's."""
+    base = make_params(torch.float64)
+    stream = grad_stream(base, 6)
+    plain, captured = clone_params(base), clone_params(base)
+    ref = rmsprop.RMSprop(plain, lr=0.01, momentum=0.9, **PATH_ARGS[path])
+    lr = torch.tensor(0.01, dtype=torch.float64).as_subclass(NoHostReads)
+    opt = rmsprop.RMSprop(captured, lr=lr, momentum=0.9, capturable=True, **PATH_ARGS[path])
+    for t, grads in enumerate(stream):
+        if t == 3:  # a schedule writes the tensor in place
+            with torch.no_grad():
+                lr.fill_(0.003)
+            for group in ref.param_groups:
+                group["lr"] = 0.003
+        _feed(plain, grads)
+        _feed(captured, grads)
+        ref.step()
+        with forbid_host_reads():
+            opt.step()
+    for a, b in zip(plain, captured):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    assert all(opt.state[p]["step"].device == p.device for p in captured if p in opt.state)
 
 
 # ---------------------------------------------------------------- resume in a new process
@@ -201,15 +362,18 @@ def _resume_cases(paths, fused_names=FUSED_RESUME_CASES):
     return [(f"{path}/{name}", path, combos[name]) for path in paths for name in names[path]]
 
 
-def test_resume_in_a_fresh_process_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("paths", [("reference", "foreach"), pytest.param(("fused",), marks=needs_fused)],
+                         ids=["reference+foreach", "fused"])
+def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, paths):
     """N steps, torch.save, torch.load(weights_only=True) in another process,
     M more steps there: the same bits as N + M steps without a break, for every
     path and a covering set of knob combinations (the fused path: one here,
     every one in the slow test below, since each compiles)."""
-    _check_resume(tmp_path, _resume_cases(("reference", "foreach", "fused")))
+    _check_resume(tmp_path, _resume_cases(paths))
 
 
 @pytest.mark.slow
+@needs_fused
 def test_resume_in_a_fresh_process_is_bit_exact_fused_every_pair(tmp_path):
     _check_resume(tmp_path, _resume_cases(("fused",), fused_names=None))
 

@@ -96,19 +96,18 @@ def test_every_preset_saves_plain_values_that_load_with_weights_only(preset):
     assert fresh.param_groups[0]["momentum"] == 0.5
 
 
-def _snapshot(opt):
-    return copy.deepcopy(opt.state_dict())
+def _bits(t: torch.Tensor) -> tuple:
+    """A tensor as exactly what it holds: dtype, shape, device and every byte."""
+    return t.dtype, tuple(t.shape), t.device, t.detach().contiguous().reshape(-1).view(torch.uint8).tolist()
 
 
-def _assert_unchanged(opt, before):
-    after = opt.state_dict()
-    assert len(after["param_groups"]) == len(before["param_groups"])
-    for g0, g1 in zip(before["param_groups"], after["param_groups"]):
-        assert g0 == g1
-    assert after["state"].keys() == before["state"].keys()
-    for k in before["state"]:
-        for key, value in before["state"][k].items():
-            assert torch.equal(after["state"][k][key], value)
+def _everything(opt, params):
+    """All an optimizer holds that a load could touch: every parameter, and its
+    whole state dict (param_groups as they are, every state tensor bitwise)."""
+    sd = opt.state_dict()
+    state = {k: {key: _bits(value) if torch.is_tensor(value) else value for key, value in s.items()}
+             for k, s in sd["state"].items()}
+    return [_bits(p) for p in params], copy.deepcopy(sd["param_groups"]), state
 
 
 def _trained():
@@ -116,6 +115,16 @@ def _trained():
     opt = rmsprop.RMSprop(params, momentum=0.9)
     _train(opt, params, grad_stream(params, 2))
     return params, opt
+
+
+def _another_run():
+    """The state dict of another run over parameters of the same shapes: other
+    values, other step counts, other lr and knobs, and one more buffer
+    (centered): applied even in part, it would show."""
+    params = make_params(torch.float32, seed=7)
+    opt = rmsprop.RMSprop(params, lr=0.05, alpha=0.95, momentum=0.5, centered=True, weight_decay=0.1)
+    _train(opt, params, grad_stream(params, 5, seed=8))
+    return copy.deepcopy(opt.state_dict())
 
 
 @pytest.mark.parametrize(
@@ -139,18 +148,26 @@ def _trained():
         (lambda sd: sd["param_groups"][0].__setitem__("alpha", 2.0), "Invalid alpha value: 2.0"),
         (lambda sd: sd["param_groups"][0].__setitem__("nesterov", True) or
          sd["param_groups"][0].__setitem__("momentum", 0.0), "nesterov value: True requires momentum"),
+        # the same faults in the last parameter's state, after four good ones
+        (lambda sd: sd["state"][4].__setitem__("exp_avg", torch.zeros(())), r"unknown keys \['exp_avg'\]"),
+        (lambda sd: sd["state"][4].pop("square_avg"), r"parameter 4 of group 0 lacks \['square_avg'\]"),
+        (lambda sd: sd["state"][4].__setitem__("step", torch.tensor(-1.0)), "has step -1.0"),
     ],
     ids=["groups", "param-count", "no-groups", "alien-key", "missing-key", "negative-step", "nan-step",
-         "complex-state", "integer-state", "shape", "buffer-shape", "layout", "bad-knob", "bad-combination"],
+         "complex-state", "integer-state", "shape", "buffer-shape", "layout", "bad-knob", "bad-combination",
+         "last-alien-key", "last-missing-key", "last-negative-step"],
 )
 def test_mismatched_state_dict_raises_before_anything_changes(corrupt, message):
+    """A state dict of another run, with one thing wrong: the load raises, and
+    the optimizer holds exactly what it held (so a load that applied part of
+    the file before finding the fault would fail here)."""
     params, opt = _trained()
-    before = _snapshot(opt)
-    bad = copy.deepcopy(opt.state_dict())
+    before = _everything(opt, params)
+    bad = _another_run()
     corrupt(bad)
     with pytest.raises(ValueError, match=message):
         opt.load_state_dict(bad)
-    _assert_unchanged(opt, before)
+    assert _everything(opt, params) == before
 
 
 def test_torch_itself_accepts_a_wrong_shape_silently():
