@@ -6,14 +6,18 @@ import importlib.util
 import io
 import math
 import pathlib
+import re
 
 import pytest
 import torch
 
 import rmsprop
 from rmsprop import quant
+from rmsprop.engine import Hyper
 from rmsprop.paths import fused_step
 from rmsprop.paths.fused import fused_unavailable_reason
+from rmsprop.paths.grouping import StepTensors
+from rmsprop.plan import new_state
 from rmsprop.precision import get_buffer, load
 
 PATHS = {"reference": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -35,7 +39,7 @@ def _code_space(x: torch.Tensor, absmax: torch.Tensor, signed: bool) -> torch.Te
     """Where each value sits on its map's code axis (a real number)."""
     scale = absmax.repeat_interleave(quant.BLOCK)[: x.numel()].view(x.shape)
     y = (x / torch.where(scale > 0, scale, 1)).abs()
-    return y.sqrt() * 127 if signed else y.sqrt().sqrt().sqrt() * 255
+    return y.sqrt() * 126 if signed else y.sqrt().sqrt().sqrt() * 253
 
 
 # ------------------------------------------------------------ the codec
@@ -78,9 +82,105 @@ def test_a_nonzero_square_average_never_reads_back_as_zero():
 
 @pytest.mark.parametrize("signed", [False, True])
 def test_decoding_then_encoding_reproduces_every_code(signed):
-    buf = quant.encode(_wide_values(5000, seed=3, signed=signed), signed)
+    x = _wide_values(5000, seed=3, signed=signed)
+    x[[7, 300, 4999]] = torch.tensor([math.inf, math.nan, -math.inf if signed else math.inf])
+    buf = quant.encode(x, signed)
     again = quant.encode(quant.decode(buf), signed)
     assert torch.equal(again.codes, buf.codes) and torch.equal(again.absmax, buf.absmax)
+
+
+def _with_outliers(x: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x with values float32 cannot hold on a grid in three blocks (the short
+    last one included), and the mask of where they are."""
+    where = torch.zeros(x.numel(), dtype=torch.bool)
+    where[[3, quant.BLOCK + 10, quant.BLOCK + 11, x.numel() - 1]] = True
+    values = [math.inf, math.nan, -math.inf if signed else math.inf, -math.inf if signed else math.nan]
+    if x.dtype == torch.float64:  # beyond float32's range: float32 state would hold it as ±inf
+        values[0] = 1e300
+    out = x.clone().view(-1)
+    out[where] = torch.tensor(values, dtype=x.dtype)
+    return out.view(x.shape), where.view(x.shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rounding", [None, 2.0], ids=["nearest", "stochastic"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_nonfinite_value_keeps_to_its_element(signed, rounding, dtype):
+    """±inf and NaN (the square of a gradient of 1e25, a NaN gradient) read
+    back as themselves and leave every other code and every scale as they
+    would be with a 0 in their place: the scale is the largest finite value."""
+    x = _wide_values(3 * quant.BLOCK + 40, seed=4, signed=signed).to(dtype)
+    bad, where = _with_outliers(x, signed)
+    calm = torch.where(where, 0, x)
+    rng = None if rounding is None else (torch.tensor(rounding), 3)
+    buf, ref = quant.encode(bad, signed, rng), quant.encode(calm, signed, rng)
+    assert torch.equal(buf.absmax, ref.absmax) and buf.absmax.isfinite().all()
+    assert torch.equal(buf.codes[~where], ref.codes[~where])
+    want = bad[where]
+    want = torch.where(want.abs() > torch.finfo(torch.float32).max, want.sign() * math.inf, want)
+    torch.testing.assert_close(quant.decode(buf, dtype)[where], want, equal_nan=True, rtol=0, atol=0)
+    assert quant.check_stored(buf.codes, buf.absmax, signed) is None
+
+
+def _stored(signed: bool) -> quant.Blockwise:
+    x, _ = _with_outliers(_wide_values(3 * quant.BLOCK + 40, seed=6, signed=signed), signed)
+    x[quant.BLOCK: 2 * quant.BLOCK] = 0  # a block of scale 0
+    return quant.encode(x, signed, (torch.tensor(1.0), 0))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_check_stored_takes_what_encode_writes_and_every_code(signed):
+    """Every code stands for a value: the grid, ±inf (255; ±127) or NaN (254; −128)."""
+    buf = _stored(signed)
+    assert quant.check_stored(buf.codes, buf.absmax, signed) is None
+    reserved = torch.tensor([-128, -127, 127] if signed else [254, 255], dtype=buf.codes.dtype)
+    codes = buf.codes.clone()
+    codes[quant.BLOCK: quant.BLOCK + len(reserved)] = reserved
+    assert quant.check_stored(codes, buf.absmax, signed) is None
+    back = quant.decode(quant.Blockwise(codes, buf.absmax))[quant.BLOCK: quant.BLOCK + len(reserved)]
+    want = [math.nan, -math.inf, math.inf] if signed else [math.nan, math.inf]
+    torch.testing.assert_close(back, torch.tensor(want), equal_nan=True, rtol=0, atol=0)
+
+
+def _scale(block: int, value: float):
+    return lambda b: (b.codes, b.absmax.index_fill(0, torch.tensor([block]), value))
+
+
+def _without_top(b: quant.Blockwise) -> tuple[torch.Tensor, torch.Tensor]:
+    top = 126 if b.codes.dtype == torch.int8 else 253
+    return torch.where(b.codes.abs() == top, b.codes // 2, b.codes), b.absmax
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda b: (b.codes.float(), b.absmax), "codes of dtype torch.float32; expected torch.u?int8"),
+    (lambda b: (b.codes.view(torch.uint8 if b.codes.dtype == torch.int8 else torch.int8), b.absmax),
+     "expected torch.u?int8"),
+    (lambda b: (b.codes, b.absmax.double()),
+     r"scales of dtype torch.float64 and shape \(4,\); expected float32"),
+    (lambda b: (b.codes, b.absmax[:-1]), r"expected float32 of shape \(4,\)"),
+    (_scale(2, -1.0), "scales negative or non-finite"),
+    (_scale(2, math.inf), "scales negative or non-finite"),
+    (_scale(0, math.nan), "scales negative or non-finite"),
+    (_scale(1, 1.0), r"codes that do not fit their scales: block 1 has a nonzero scale"),  # block 1 is zeros
+    (_without_top, "block 0 has a nonzero scale and no code at the top"),
+], ids=["float codes", "other map", "float64 scales", "scales short", "negative scale", "inf scale",
+        "nan scale", "scale of a zero block", "no top code"])
+def test_check_stored_names_what_is_wrong(signed, mutate, reason):
+    codes, absmax = mutate(_stored(signed))
+    assert re.search(reason, quant.check_stored(codes, absmax, signed) or "")
+
+
+def test_check_stored_refuses_codes_of_the_old_grid():
+    """Codes written when 255 (127) was the grid's top would now read their
+    block's largest value as +inf; such a block lacks the new top code unless
+    one of its values happens to sit there, so this state is refused."""
+    for signed, top, power in ((False, 255, 8), (True, 127, 2)):
+        x = _wide_values(2 * quant.BLOCK, seed=8, signed=signed).view(2, -1)
+        absmax = x.abs().amax(dim=1)
+        old = torch.round((x / absmax[:, None]).abs() ** (1 / power) * top).copysign(x)
+        codes = old.view(-1).to(torch.int8 if signed else torch.uint8)
+        assert "no code at the top" in quant.check_stored(codes, absmax, signed)
 
 
 @pytest.mark.parametrize("signed", [False, True])
@@ -88,7 +188,7 @@ def test_stochastic_rounding_is_unbiased_in_value_and_deterministic(signed):
     """Values a quarter of the way from one code to the next: rounding to
     nearest always reads them low, stochastic rounding reads them high one
     time in four, so that the mean is the value."""
-    top, power = (127, 2) if signed else (255, 8)
+    top, power = (126, 2) if signed else (253, 8)
     c = 30 + torch.arange(quant.BLOCK - 1, dtype=torch.float64) % (top - 31)  # where the grid is fine
     lo, hi = (c / top) ** power, ((c + 1) / top) ** power
     x = torch.cat([torch.ones(1, dtype=torch.float64), lo + 0.25 * (hi - lo)])
@@ -212,21 +312,92 @@ def test_nonfinite_skip_leaves_the_codes_alone():
 @needs_compile
 def test_the_fused_pass_obeys_a_false_finite_flag_on_codes():
     p = torch.randn(5000)
-    state = rmsprop.RMSprop([torch.nn.Parameter(p)], state_precision="int8")._new_state(
-        p, {"capturable": False, "state_precision": "int8", "initial_square_avg": 1.0, "momentum": 0.9,
-            "centered": False})
+    state = new_state(p, {"capturable": False, "state_precision": "int8", "initial_square_avg": 1.0,
+                          "momentum": 0.9, "centered": False})
     square, momentum = get_buffer(state, "square_avg"), get_buffer(state, "momentum_buffer")
     saved = [x.clone() for x in (*square, *momentum, p)]
-    hyper = rmsprop.functional.make_hyper(0.1, False, alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.9,
-                                          centered=False, maximize=False, eps_in_sqrt=False,
-                                          lr_in_momentum=False, nesterov=False, decoupled_weight_decay=False,
-                                          bias_correction=False)
-    fused_step([p], [torch.randn(5000)], [square], [], [momentum], [state["step"]], hyper,
-               finite=torch.tensor(False))
+    hyper = Hyper(lr=0.1, alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.9, centered=False, maximize=False,
+                  eps_in_sqrt=False, lr_in_momentum=False, nesterov=False, decoupled_weight_decay=False,
+                  bias_correction=False)
+    tensors = StepTensors([p], [torch.randn(5000)], [square], [], [momentum], [state["step"]], [0])
+    fused_step(tensors, hyper, finite=torch.tensor(False))
     assert all(torch.equal(a, b) for a, b in zip(saved, (*square, *momentum, p)))
-    fused_step([p], [torch.randn(5000)], [square], [], [momentum], [state["step"]], hyper,
-               finite=torch.tensor(True))
+    fused_step(tensors, hyper, finite=torch.tensor(True))
     assert not torch.equal(saved[0], square.codes)
+
+
+def _outlier_run(outlier: float, state_precision: str = "int8", steps: int = 5, **kwargs):
+    """``steps`` steps of random gradients, in which element (0, 5) of the
+    first tensor's is 0 at step 0, ``outlier`` at step 1 and, unless
+    ``outlier`` is 0 (the calm run), ordinary after it."""
+    params = _params()
+    opt = rmsprop.RMSprop(params, lr=0.01, momentum=0.9, state_precision=state_precision, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen) * 10.0 ** (t % 5 - 2)
+        if t <= 1 or outlier == 0:
+            params[0].grad[0, 5] = outlier if t == 1 else 0.0
+        opt.step()
+    return params, opt
+
+
+OUTLIERS = {"overflowing square": 1e25, "NaN": math.nan}
+
+
+@pytest.mark.parametrize("outlier", list(OUTLIERS))
+@pytest.mark.parametrize("path", ["reference", "foreach", pytest.param("fused", marks=needs_compile)])
+def test_an_element_whose_square_overflows_or_is_nan_touches_no_other(path, outlier):
+    """g = 1e25 makes g² = +inf: with float32 state v = +inf, d = +inf, u = 0,
+    and that element stops moving while every other goes on. int8 state does
+    the same: the other 255 elements of its block (parameters, codes and
+    scales) are bit for bit those of a run whose gradient there stays 0.
+    A NaN gradient (nonfinite="propagate") stays in its element too."""
+    calm_params, calm = _outlier_run(0.0, **PATHS[path])
+    params, opt = _outlier_run(OUTLIERS[outlier], **PATHS[path])
+    exact_params, exact = _outlier_run(OUTLIERS[outlier], "fp32", foreach=False)
+    element = torch.zeros(64, 80, dtype=torch.bool)
+    element[0, 5] = True
+    assert torch.equal(params[0][~element], calm_params[0][~element])
+    for a, b in zip(params[1:], calm_params[1:]):
+        assert torch.equal(a, b)
+    state, calm_state = opt.state[params[0]], calm.state[calm_params[0]]
+    for key in ("square_avg", "momentum_buffer"):
+        assert torch.equal(state[key + "_absmax"], calm_state[key + "_absmax"])
+        assert torch.equal(state[key + "_codes"][~element], calm_state[key + "_codes"][~element])
+        exact_value = exact.state[exact_params[0]][key][0, 5]
+        torch.testing.assert_close(load(get_buffer(state, key), torch.float32)[0, 5], exact_value,
+                                   equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(params[0][0, 5], exact_params[0][0, 5], equal_nan=True, rtol=0, atol=0)
+    if outlier == "overflowing square":  # it stopped: v = +inf, and the momentum it had was 0
+        assert params[0][0, 5] == _params()[0][0, 5]
+
+
+@pytest.mark.parametrize("outlier", list(OUTLIERS))
+@pytest.mark.parametrize("knobs", [{"nonfinite": "skip"}, {"centered": True}], ids=["skip", "centered"])
+def test_every_state_the_optimizer_writes_loads_back(outlier, knobs):
+    """The scales stay finite whatever the gradients, so a state dict with an
+    overflowed or NaN element loads into the optimizer and into a fresh one,
+    and resumes bit for bit. (nonfinite="skip" does not see g = 1e25, which
+    is finite; it skips the NaN step.)"""
+    params, opt = _outlier_run(OUTLIERS[outlier], steps=2, **knobs)
+    saved = [p.detach().clone() for p in params]
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    opt.load_state_dict(opt.state_dict())
+    buf.seek(0)
+    fresh = rmsprop.RMSprop(saved, state_precision="int8", lr=0.01, momentum=0.9, **knobs)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(2):
+        for p, q in zip(params, saved):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        opt.step()
+        fresh.step()
+    for p, q in zip(params, saved):
+        torch.testing.assert_close(p, q, equal_nan=True, rtol=0, atol=0)
+    assert params[0].isnan().sum() <= 1  # at most the NaN element itself
 
 
 def test_resume_from_a_state_dict_is_bit_exact():
@@ -354,14 +525,22 @@ def _quality():
 
 
 def test_int8_state_trains_as_well_as_fp32_and_a_broken_codec_does_not():
-    """The README's quality benchmark, shortened (150 steps, one seed): int8
-    state within 1% of fp32 state; a linear map for square_avg misses by far."""
+    """The README's quality benchmark, shortened (150 steps, one seed). Its
+    goals are one-sided: int8 state's loss at most 1% above fp32 state's (a
+    lower one is no defect) and its v within 5% of fp32 state's in geometric
+    mean (measured: −0.2% and 1.8%). Two broken codecs must miss: a linear
+    map for square_avg on loss (measured +61%), and codes rounded to nearest,
+    not stochastically, on v (its v sticks low as it rises, read 15% low;
+    its loss is 1.4% *lower*, so a loss bound alone cannot catch it)."""
     quality = _quality()
-    run = lambda precision: quality.final_loss(precision, steps=150, seed=0, foreach=False)  # noqa: E731
-    base = run("fp32")
-    assert abs(run("int8") / base - 1) <= 0.01
+    run = lambda: quality.train("int8", steps=150, seed=0, foreach=False)  # noqa: E731
+    base, exact = quality.train("fp32", steps=150, seed=0, foreach=False)
+    loss, opt = run()
+    assert loss / base - 1 <= 0.01 and quality.square_avg_bias(opt, exact) <= quality.BIAS_GOAL
     with quality.broken_codec("linear map for square_avg"):
-        assert run("int8") / base - 1 > 0.2
+        assert run()[0] / base - 1 > 0.2
+    with quality.broken_codec("round to nearest"):
+        assert quality.square_avg_bias(run()[1], exact) > 2 * quality.BIAS_GOAL
 
 
 @pytest.mark.parametrize("preset", list(rmsprop.PRESETS))
