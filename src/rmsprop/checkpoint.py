@@ -217,28 +217,6 @@ def _check_codes(p_state: dict[str, Any], key: str, p: Tensor, where: str) -> No
     if codes.shape != p.shape:
         raise ValueError(f"{where} has {key}{quant.CODES} of shape {tuple(codes.shape)}; "
                          f"expected the parameter's shape {tuple(p.shape)}")
-    reason = getattr(quant, "check_stored", _codes_reason)(codes, absmax, signed=SPEC[key].signed)
+    reason = quant.check_stored(codes, absmax, signed=SPEC[key].signed)
     if reason is not None:
         raise ValueError(f"{where}: {key} {reason}")
-
-
-def buffer_shape(state: dict[str, Any], key: str) -> torch.Size | None:
-    """The shape of buffer ``key`` in one parameter's state (None if absent)."""
-    buf = get_buffer(state, key)
-    if buf is None:
-        return None
-    return buf.codes.shape if isinstance(buf, quant.Blockwise) else buf.shape
-
-
-def _codes_reason(codes: Tensor, absmax: Tensor, signed: bool) -> str | None:  # until quant.check_stored
-    want = torch.int8 if signed else torch.uint8
-    blocks = quant.num_blocks(codes.numel())
-    if codes.dtype != want:
-        return f"codes have dtype {codes.dtype}; expected {want}"
-    if absmax.dtype != torch.float32 or absmax.shape != (blocks,):
-        return f"scales: {absmax.dtype} of shape {tuple(absmax.shape)}; expected float32 ({blocks},)"
-    if not bool(torch.isfinite(absmax).all() and (absmax >= 0).all()):
-        return "has negative or non-finite scales"
-    if signed and bool((codes == -128).any()):
-        return "has code -128, which the signed map does not use"
-    return None
