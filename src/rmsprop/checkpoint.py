@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from . import quant
-from .precision import BUFFERS, SPEC, STATE_KEYS, get_buffer, restore_, storage_refusal
+from .precision import BUFFERS, SPEC, STATE_KEYS, restore_, storage_refusal
 from .presets import PRESETS
 from .settings import STRICT, check_group, saved_defaults
 
