@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.optim.optimizer import _get_scalar_dtype
 
 from . import quant
-from .precision import put_buffer, state_dtype
+from .precision import put_buffer, storage_refusal, to_storage
 
 __all__ = ["import_moments", "MOMENT_NAMES"]
 
@@ -129,16 +129,13 @@ def _stored(p: Tensor, precision: str, name: str, value: object, who: str) -> Te
     parts = torch.view_as_real(tensor) if tensor.is_complex() else tensor
     if name == "square_avg" and bool((parts < 0).any()):
         raise ValueError(f"{where} holds negative values; a mean of squares is >= 0")
-    buf: Tensor | quant.Blockwise
-    if precision == "int8" and quant.quantized(p):
-        if type(p) not in (Tensor, torch.nn.Parameter):
-            raise ValueError(f"{who}: state_precision='int8' does not support {type(p).__name__} parameters")
-        wide = torch.promote_types(p.dtype, torch.float32)
-        buf = quant.encode(tensor.to(device=p.device, dtype=wide), signed=name != "square_avg")
+    reason = storage_refusal(p, precision, False)
+    if reason is not None:
+        raise ValueError(f"{who}: {reason}")
+    buf = to_storage(tensor.contiguous(), p, precision, name)
+    if isinstance(buf, quant.Blockwise):
         finite, stored = torch.isfinite(buf.absmax).all(), "8-bit codes"
     else:
-        buf = tensor.to(device=p.device, dtype=state_dtype(p, precision),
-                        memory_format=torch.contiguous_format, copy=True)
         finite = torch.isfinite(torch.view_as_real(buf) if buf.is_complex() else buf).all()
         stored = str(buf.dtype)
     if not bool(finite):  # checked as stored: 1e300 is infinite in float32

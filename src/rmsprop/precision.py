@@ -117,9 +117,11 @@ def storage_refusal(param: torch.Tensor, precision: str, stochastic_rounding: bo
 
 def to_storage(values: torch.Tensor, param: torch.Tensor, precision: str, key: str) -> Buffer:
     """Full-precision ``values`` of buffer ``key`` in the form ``precision``
-    stores them for ``param``: encoded to nearest, rounded, or copied."""
+    stores them for ``param``: encoded to nearest (at the parameter's
+    precision, float32 at least), rounded, or copied: one rounding."""
     if precision == "int8" and quant.quantized(param):
-        return quant.encode(values.to(param.device), signed=SPEC[key].signed)
+        wide = torch.promote_types(param.dtype, torch.float32)
+        return quant.encode(values.to(device=param.device, dtype=wide), signed=SPEC[key].signed)
     return values.to(device=param.device, dtype=state_dtype(param, precision), copy=True)
 
 
