@@ -208,6 +208,8 @@ def test_lr_inside_and_outside_the_buffer_differ_under_a_schedule():
         ("keras", dict(lr=1e-3, alpha=0.9, eps=1e-7, decoupled_weight_decay=True, lr_in_momentum=True)),
         ("optax", dict(lr=None, alpha=0.9, eps=1e-8, eps_in_sqrt=True, bias_correction=False)),
         ("timm", dict(lr=1e-2, alpha=0.9, eps=1e-10, initial_square_avg=1.0, lr_in_momentum=True)),
+        ("sb3", dict(lr=1e-2, alpha=0.99, eps=1e-8, eps_in_sqrt=True, initial_square_avg=1.0,
+                     lr_in_momentum=False)),
         ("dqn", dict(lr=2.5e-4, alpha=0.95, eps=0.01, centered=True, eps_in_sqrt=True)),
     ],
 )

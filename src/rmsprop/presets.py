@@ -146,6 +146,16 @@ _ALL = (
         argument_names=(("decoupled_decay", "decoupled_weight_decay"),),
     ),
     Preset(
+        "sb3",
+        "stable_baselines3.common.sb2_compat.rmsprop_tf_like.RMSpropTFLike: TF1's ε inside the root "
+        "and accumulator starting at 1, PyTorch's η outside the momentum buffer",
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        eps_in_sqrt=True,
+        initial_square_avg=1.0,
+    ),
+    Preset(
         "dqn",
         "DeepMind's DQN (Nature 2015): centered, ε inside, all state starts at 0",
         lr=2.5e-4,
