@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench parity goldens clean figures tutorial
+.PHONY: demo test test-slow lint bench parity goldens clean figures tutorial docs integration
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,25 @@ parity: $(PARITY_STAMP) $(STAMP)   # rerun the live peers against the goldens, t
 goldens: $(PARITY_STAMP)           # rewrite tests/goldens from the live peers
 	.parity-venv/bin/python scripts/make_goldens.py --peer all
 
+# The third-party frameworks (Stable-Baselines3, timm, Lightning, Hugging Face Trainer and
+# Accelerate) in their own environment, as the parity peers are: integration/ runs against them.
+INTEGRATION_STAMP := .integration-venv/.installed
+
+$(INTEGRATION_STAMP): scripts/integration-requirements.txt constraints.txt pyproject.toml
+	test -x .integration-venv/bin/python || $(PYTHON) -m venv .integration-venv
+	.integration-venv/bin/pip install --quiet --upgrade pip
+	.integration-venv/bin/pip install --quiet --no-deps -c constraints.txt -r scripts/integration-requirements.txt
+	.integration-venv/bin/pip install --quiet --no-deps -e .
+	touch $(INTEGRATION_STAMP)
+
+integration: $(INTEGRATION_STAMP)  # each framework's claim against the real library
+	.integration-venv/bin/python -m pytest -q -p no:cacheprovider integration
+
+docs: $(STAMP)                     # the documentation site, warnings as errors: build/site/index.html
+	$(PY) -m mkdocs build --strict --site-dir build/site
+
 clean:
-	rm -rf $(VENV) .parity-venv build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .parity-venv .integration-venv build src/*.egg-info .pytest_cache
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_paths.py
