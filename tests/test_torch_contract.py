@@ -893,6 +893,40 @@ def test_step_is_a_profiler_range(optim_cls):
     assert f"Optimizer.step#{optim_cls.__name__}.step" in {event.name for event in prof.events()}
 
 
+def test_a_compiled_training_step_breaks_only_where_the_step_runs():
+    """A user's torch.compile of a whole training step: the step is one eager region (a
+    graph break at its call, hooks and profiler query included), never a break of its own
+    inside the wrapper, and a schedule changing lr never recompiles the user's graphs."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = rmsprop.RMSprop(model.parameters(), lr=0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(8, 4)
+
+    @torch.compile(backend="eager")
+    def train_step(x):
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss
+
+    train_step(x)
+    graphs = counters["stats"]["unique_graphs"]
+    for lr in (0.02, 0.005, 0.001):
+        optimizer.param_groups[0]["lr"] = lr
+        train_step(x)
+    assert counters["stats"]["unique_graphs"] == graphs, "an lr change recompiled the user's graph"
+    reasons = [reason.splitlines()[0] for reason in counters["graph_break"]]
+    ours = [r for r in reasons if "backward" not in r and "disable" not in r and "skipped" not in r]
+    assert not ours, f"graph breaks of the step wrapper's own: {ours}"
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 # ------------------------------------------------------------------ differentiability
 
 

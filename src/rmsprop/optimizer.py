@@ -416,8 +416,13 @@ class RMSprop(Optimizer):
         """PyTorch's wrapper around ``step`` (the step pre- and post-hooks, the
         profiler's range and entry point), except that the profiler range is
         opened only while a profiler records: opening it costs more than a
-        small model's whole update. ``Optimizer`` applies this to ``step``."""
+        small model's whole update. ``Optimizer`` applies this to ``step``.
 
+        Inside a user's ``torch.compile`` the wrapper, hooks included, runs
+        as one eager region: the only graph break a step adds is the one at
+        its call (the profiler query would otherwise add one of its own)."""
+
+        @torch.compiler.disable
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if torch._C._autograd._profiler_enabled():
