@@ -445,13 +445,13 @@ def _saved_torch_state():
     return params, theirs.state_dict()
 
 
-def test_knobs_saved_takes_the_files_values():
+def test_knobs_saved_takes_the_values_the_file_states():
     params, sd = _saved_torch_state()
     opt = rmsprop.RMSprop(params, lr=0.1, preset="tf1", momentum=0.5)
     opt.load_state_dict(sd)  # the default is "saved"
     group = opt.param_groups[0]
     got = (group["preset"], group["lr"], group["momentum"], group["eps_in_sqrt"])
-    assert got == ("torch", 0.05, 0.9, False)
+    assert got == ("tf1", 0.05, 0.9, True)  # PyTorch's file states lr and μ, not ε's place
 
 
 def test_knobs_current_keeps_ours_and_takes_only_the_state():

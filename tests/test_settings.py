@@ -47,15 +47,21 @@ def test_the_constructor_takes_every_setting_a_user_may_pass_and_a_group_holds_e
     assert set(NAMES) <= set(group)
 
 
-def test_a_saved_group_lacking_a_key_reads_as_pytorch_and_only_lr_is_required():
+def test_a_saved_group_lacking_a_row_keeps_the_loaders_value_and_only_lr_is_required():
+    """Every row but lr may be missing from a file: a setting keeps the loading optimizer's
+    value, a record reads as a foreign layout (layout_version 0, upgraded) with no skips."""
     assert set(settings.saved_defaults()) == set(NAMES) - {"lr"}
     p = torch.nn.Parameter(torch.zeros(2))
-    theirs = torch.optim.RMSprop([p]).state_dict()
-    opt = rmsprop.RMSprop([p], preset="tf1", lr=0.1)
-    opt.load_state_dict(theirs)
-    for key, value in settings.saved_defaults().items():
-        if key != "layout_version":
-            assert opt.param_groups[0][key] == value, key
+    opt = rmsprop.RMSprop([p], preset="tf1", lr=0.1, momentum=0.5, state_precision="fp32")
+    opt.param_groups[0]["skipped_steps"] = 3
+    built = dict(opt.param_groups[0])
+    opt.load_state_dict({"state": {}, "param_groups": [{"params": [0], "lr": 0.2}]})
+    from_file = {"lr": 0.2, "skipped_steps": 0, "layout_version": rmsprop.LAYOUT_VERSION}
+    for name in NAMES:
+        expected = from_file.get(name, built[name])
+        assert opt.param_groups[0][name] == expected, name
+    with pytest.raises(ValueError, match="lacks the setting 'lr'"):
+        opt.load_state_dict({"state": {}, "param_groups": [{"params": [0]}]})
 
 
 def test_translate_and_strict_read_the_table():

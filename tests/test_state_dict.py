@@ -56,18 +56,39 @@ def test_cross_loading_continues_exactly(direction):
         assert torch.equal(a, b)
 
 
-def test_torch_state_dict_reads_as_the_torch_preset():
+@pytest.mark.parametrize("preset", ["tf1", "sb3", "torch"])
+def test_a_setting_the_file_does_not_state_keeps_the_loading_optimizers_value(preset):
+    """A torch.optim.RMSprop state dict states lr, α, ε, λ, μ, centered, maximize and the
+    path flags, nothing about ε's place or v₀: those stay what this optimizer was built with
+    (SB3's RMSpropTFLike writes groups of the same shape, so its files resume as "sb3")."""
     params = make_params(torch.float64)
-    theirs = torch.optim.RMSprop(params, momentum=0.9)
+    theirs = torch.optim.RMSprop(params, lr=0.03, alpha=0.95, momentum=0.9)
     _train(theirs, params, grad_stream(params, 3))
-    ours = rmsprop.RMSprop(params, lr=0.1, preset="tf1")
+    ours = rmsprop.RMSprop(params, lr=0.1, preset=preset, fused=False)
+    built = dict(ours.param_groups[0])
     ours.load_state_dict(theirs.state_dict())
     group = ours.param_groups[0]
-    for key, value in PRESETS["torch"].knobs().items():
-        if key not in ("lr", "momentum"):
-            assert group[key] == value, key
-    assert group["preset"] == "torch" and group["momentum"] == 0.9
-    assert group["layout_version"] == rmsprop.LAYOUT_VERSION
+    stated = theirs.state_dict()["param_groups"][0].keys() - {"params"}
+    for key in rmsprop.settings.names():
+        if key in stated:
+            assert group[key] == theirs.param_groups[0][key], key
+        elif key == "layout_version":
+            assert group[key] == rmsprop.LAYOUT_VERSION
+        else:
+            assert group[key] == built[key], key
+    assert (group["preset"], group["lr"], group["alpha"], group["momentum"]) == (preset, 0.03, 0.95, 0.9)
+
+
+def test_an_unpickled_group_lacking_a_setting_reads_as_pytorchs():
+    """Unpickling has no optimizer of its own to keep values from: PyTorch's semantics."""
+    params = make_params(torch.float64)
+    opt = rmsprop.RMSprop(params, lr=0.1, preset="tf1")
+    state = opt.__getstate__()
+    for group in state["param_groups"]:
+        del group["eps_in_sqrt"], group["preset"]
+    fresh = rmsprop.RMSprop.__new__(rmsprop.RMSprop)
+    fresh.__setstate__(state)
+    assert fresh.param_groups[0]["eps_in_sqrt"] is False and fresh.param_groups[0]["preset"] == "torch"
 
 
 def test_state_keys_and_values_are_torchs():

@@ -23,7 +23,7 @@ from torch.optim.optimizer import Optimizer
 from . import quant
 from .precision import BUFFERS, SPEC, STATE_KEYS, restore_, storage_refusal
 from .presets import PRESETS
-from .settings import STRICT, check_group, saved_defaults
+from .settings import STRICT, by_role, check_group, saved_defaults
 
 __all__ = ["LAYOUT_VERSION", "KNOB_MODES", "check_layout", "settle", "translate_foreign_group"]
 
@@ -101,9 +101,9 @@ def settle(groups: list[dict[str, Any]], state: dict[Tensor, dict[str, Any]],
     else load_state_dict's mode; ``raw`` maps parameters to their state as
     the file had it."""
     defaults = saved_defaults()
-    for group in groups:
+    for g, group in enumerate(groups):
         translate_foreign_group(group)
-        for key, value in defaults.items():
+        for key, value in _unstated(defaults, current[g] if knobs is not None else None).items():
             group.setdefault(key, value)
     # PyTorch's loader casts every state tensor to its parameter's dtype, 8-bit
     # codes included: the codes and scales come from the file again.
@@ -150,6 +150,23 @@ def settle(groups: list[dict[str, Any]], state: dict[Tensor, dict[str, Any]],
             if p in state and (group["state_precision"] != "param"
                                or any(k.endswith(quant.CODES) for k in saved)):
                 restore_(state[p], p, group["state_precision"], saved)
+
+
+def _unstated(defaults: dict[str, Any], ours: dict[str, Any] | None) -> dict[str, Any]:
+    """What a loaded group that does not state a setting reads as.
+
+    A file says nothing about a setting it lacks, so the loading optimizer's
+    own value stands: a group saved by PyTorch's class, or by SB3's
+    ``RMSpropTFLike`` (whose groups look like PyTorch's), loaded into
+    ``RMSprop(preset="sb3")`` keeps ε inside the root. The records (the
+    layout version, the skipped-step count) are the file's: absent, they read
+    as a foreign layout and zero skips. An unpickled optimizer has no other
+    values than its own: there, PyTorch's semantics (:func:`saved_defaults`).
+    """
+    if ours is None:
+        return defaults
+    records = set(by_role("bookkeeping"))
+    return {key: defaults[key] if key in records else ours[key] for key in defaults}
 
 
 def _check_param_state(p_state: Any, p: Tensor, who: str) -> None:

@@ -139,10 +139,12 @@ class RMSprop(Optimizer):
             them again (default: 0).
 
     State dicts have PyTorch's layout and cross-load with
-    ``torch.optim.RMSprop`` both ways; a group saved by PyTorch reads as the
-    "torch" preset, one saved by timm's ``RMSpropTF`` as the "timm" preset,
-    and by default the saved groups' knobs replace the current ones, as in
-    PyTorch (``load_state_dict(sd, knobs="current" | "strict")`` otherwise).
+    ``torch.optim.RMSprop`` both ways; by default the values a saved group
+    states replace the current ones, as in PyTorch, and a setting it does not
+    state keeps this optimizer's value (a group saved by PyTorch's class, or by
+    SB3's ``RMSpropTFLike``, says nothing about where ε sits); one saved by
+    timm's ``RMSpropTF`` reads as the "timm" preset
+    (``load_state_dict(sd, knobs="current" | "strict")`` otherwise).
     ``load_state_dict`` checks everything (group and parameter counts, state
     keys, buffer shapes and dtypes, steps, layout version, knob values) after
     its pre-hooks and before it changes anything; a mismatch raises ValueError.
@@ -301,13 +303,17 @@ class RMSprop(Optimizer):
         saved groups and this optimizer's differ (the per-parameter state and
         the skipped-step count always come from the file):
 
-        - ``"saved"`` (PyTorch's rule): the saved groups' values replace ours;
+        - ``"saved"`` (PyTorch's rule): the values the saved groups state
+          replace ours; a setting a group does not state (a file written by
+          PyTorch's class or SB3's ``RMSpropTFLike`` holds none of ours) keeps
+          this optimizer's value;
         - ``"current"``: this optimizer's values stay (lr included); buffers
           the current knobs need and the file lacks start at zero;
         - ``"strict"``: any difference in a setting that changes the numbers
           (every ``strict`` row of :data:`rmsprop.settings.SETTINGS`: all but
           lr, the path choices, the storage, which the loading optimizer
-          decides, and the records) is a ValueError naming it; otherwise as "saved".
+          decides, and the records) that the file states is a ValueError
+          naming it; otherwise as "saved".
         """
         if knobs not in KNOB_MODES:
             raise ValueError(f"Invalid knobs value: {knobs!r} (one of {', '.join(map(repr, KNOB_MODES))})")

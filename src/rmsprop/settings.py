@@ -3,7 +3,7 @@
 Each :class:`Setting` row says what a group key is (its role), where its
 default comes from (a value, or the preset) and how a value is checked.
 Everything else reads this table: the constructor's defaults, what a group
-saved by PyTorch or by an older layout reads as (:func:`saved_defaults`),
+unpickled from an older layout reads as (:func:`saved_defaults`),
 validation (:func:`check_group`, run when a group is built, when a state
 dict loads, and at every step for a group whose values changed), the
 engine's hyperparameters (:func:`hyper_from`), the fused path's compile
@@ -124,8 +124,9 @@ class Setting:
         name: the group key (and the constructor argument).
         role: see the module docstring.
         default: the value a group gets when nothing sets it, or
-            :data:`FROM_PRESET`; for a saved group lacking the key, the
-            "torch" preset's value (PyTorch's semantics).
+            :data:`FROM_PRESET`. A loaded group lacking the key keeps the
+            loading optimizer's value (a record: :func:`saved_defaults`);
+            an unpickled one reads as :func:`saved_defaults`.
         check: returns why a value is invalid (a leading ``"TypeError:"``
             marks a wrong type), or None.
         strict: compared by ``load_state_dict(knobs="strict")``: a
@@ -189,9 +190,10 @@ def check_precision(precision: object) -> None:
 
 
 def saved_defaults() -> dict[str, Any]:
-    """What a group saved without a key means: a state dict written by
-    ``torch.optim.RMSprop`` (or an older layout) reads as PyTorch's semantics.
-    ``lr`` has no default: a group without one is refused."""
+    """What a group without a key means where no optimizer's own value can
+    stand in (an unpickled optimizer; a loaded file's records): PyTorch's
+    semantics, a foreign layout (version 0), no skipped steps. ``lr`` has no
+    default: a group without one is refused."""
     from .presets import PRESETS
 
     torch_preset = PRESETS["torch"].knobs()
