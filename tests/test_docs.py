@@ -139,6 +139,13 @@ def test_the_readme_quotes_the_two_set_up_commands_the_makefile_has():
     assert re.search(r"^demo:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
 
 
+def test_the_readme_is_a_landing_page():
+    readme = README.read_text()
+    assert len(readme.splitlines()) <= 250
+    assert re.search(r"!\[[^\]]+\]\(docs/figures/[^)]+\.png\)", readme)  # one picture
+    assert "(docs/index.md)" in readme
+
+
 def _formula(text: str) -> str:
     """The numbered lines (1)…(14): from the first line starting "(1)" to the first starting "(14)"."""
     lines = text.splitlines()
