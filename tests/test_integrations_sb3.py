@@ -1,0 +1,148 @@
+"""rmsprop.RMSprop inside Stable-Baselines3's real A2C on gymnasium's CartPole-v1 (no download).
+
+Every comparison is bit for bit: the same seed, the same environment, the same
+minibatches, so two optimizers that compute the same float32 numbers end with
+the same policy. docs/integrations/sb3.md quotes these tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rmsprop
+from rmsprop.integrations.sb3 import A2C_EPS, policy_kwargs
+
+sb3 = pytest.importorskip("stable_baselines3", reason="the sb3 extra (in dev) is not installed")
+from stable_baselines3 import A2C  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike  # noqa: E402
+
+STEPS = 500  # A2C's 5-step rollouts: 100 updates
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: a run's float32 sums then do not depend on the machine's core count,
+    so the trajectories these tests pin (the centered cases below) are the same everywhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def linear(start: float):
+    """SB3's linear schedule: the learning rate is written into the groups before every update."""
+    return lambda progress_remaining: start * progress_remaining
+
+
+def train(kwargs: dict | None, steps: int = STEPS, seed: int = 0, **a2c) -> A2C:
+    model = A2C("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", policy_kwargs=kwargs, **a2c)
+    model.learn(steps)
+    return model
+
+
+def assert_same_policy(a: A2C, b: A2C) -> None:
+    pa, pb = list(a.policy.parameters()), list(b.policy.parameters())
+    assert len(pa) == len(pb) > 0
+    for x, y in zip(pa, pb):
+        assert torch.equal(x, y), f"differ by {(x - y).abs().max().item():.3g}"
+
+
+def test_policy_kwargs_is_a2c_default_optimizer_bit_for_bit():
+    theirs = train(None)
+    ours = train(policy_kwargs())
+    assert type(theirs.policy.optimizer) is torch.optim.RMSprop
+    assert type(ours.policy.optimizer) is rmsprop.RMSprop
+    assert ours.policy.optimizer.param_groups[0]["eps"] == theirs.policy.optimizer.param_groups[0]["eps"]
+    assert_same_policy(theirs, ours)
+
+
+def test_without_the_helper_a2c_rms_prop_eps_never_reaches_the_class():
+    # The trap policy_kwargs closes: SB3 fills eps=rms_prop_eps only for its own default class.
+    model = A2C("MlpPolicy", "CartPole-v1", device="cpu", rms_prop_eps=A2C_EPS,
+                policy_kwargs={"optimizer_class": rmsprop.RMSprop})
+    assert model.policy.optimizer.param_groups[0]["eps"] == 1e-8
+    model = A2C("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs=policy_kwargs("sb3"))
+    assert model.policy.optimizer.param_groups[0]["eps"] == A2C_EPS
+
+
+def test_policy_kwargs_checks_settings_at_the_call():
+    with pytest.raises(ValueError, match="momentum"):
+        policy_kwargs(momentum=-1.0)
+    with pytest.raises(ValueError, match="preset"):
+        policy_kwargs("tf2")
+    with pytest.raises(ValueError, match="learning_rate"):
+        policy_kwargs(lr=1e-3)
+    assert policy_kwargs(eps=None)["optimizer_kwargs"] == {"preset": "torch"}
+
+
+# RMSpropTFLike's centered denominator is rounded in another order than ours: after 1,000
+# steps (seed 0, ε 1e-8) the policies differ by ~5e-10. The order-of-operations setting that
+# closes it is on its way; strict, so this xfail turns into a failure once it lands.
+CENTERED_XFAIL = pytest.mark.xfail(
+    strict=True, reason="centered: RMSpropTFLike computes sqrt(v - g_avg² + eps) in another order (issue 14)"
+)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {},
+        {"momentum": 0.9},
+        pytest.param({"centered": True}, marks=CENTERED_XFAIL),
+        pytest.param({"centered": True, "momentum": 0.9}, marks=CENTERED_XFAIL),
+    ],
+    ids=["plain", "momentum", "centered", "centered-momentum"],
+)
+def test_preset_sb3_is_rmsproptflike_bit_for_bit(knobs):
+    # A linear lr schedule, as the RL Zoo's A2C recipes use, and RMSpropTFLike's own ε.
+    schedule = {"learning_rate": linear(7e-4)}
+    theirs = train({"optimizer_class": RMSpropTFLike, "optimizer_kwargs": knobs}, 1000, **schedule)
+    ours = train(policy_kwargs("sb3", eps=1e-8, **knobs), 1000, **schedule)
+    assert type(theirs.policy.optimizer) is RMSpropTFLike
+    assert_same_policy(theirs, ours)
+
+
+def resume_pair(tmp_path, first: dict, then: dict | None = None) -> tuple[A2C, A2C]:
+    """Train, save, and go on twice from the same point: the model itself (its optimizer never
+    left memory) and ``A2C.load`` of the file (``then`` replaces the saved policy_kwargs).
+    Both get a fresh, identically seeded environment and reseeded RNGs before the second half,
+    so the only difference left is the trip through the file."""
+    model = train(first)
+    path = tmp_path / "a2c.zip"
+    model.save(path)
+    custom = None if then is None else {"policy_kwargs": then}
+    loaded = A2C.load(path, env=make_vec_env("CartPole-v1", n_envs=1), device="cpu", custom_objects=custom)
+    model.set_env(make_vec_env("CartPole-v1", n_envs=1))
+    for m in (model, loaded):
+        m.set_random_seed(1)
+        m.learn(STEPS, reset_num_timesteps=False)
+    return model, loaded
+
+
+@pytest.mark.parametrize("precision", ["param", "bf16", "int8"])
+def test_sb3_save_and_load_resume_bit_exactly(tmp_path, precision):
+    uninterrupted, resumed = resume_pair(tmp_path, policy_kwargs(state_precision=precision, momentum=0.9))
+    assert type(resumed.policy.optimizer) is rmsprop.RMSprop
+    assert resumed.policy.optimizer.param_groups[0]["state_precision"] == precision
+    assert resumed.num_timesteps == uninterrupted.num_timesteps == 2 * STEPS
+    assert_same_policy(uninterrupted, resumed)
+    a, b = uninterrupted.policy.optimizer.state_dict(), resumed.policy.optimizer.state_dict()
+    for sa, sb in zip(a["state"].values(), b["state"].values()):
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), key
+
+
+def test_rmsproptflike_checkpoint_continues_as_rmsproptflike_in_preset_sb3(tmp_path):
+    # A model trained with SB3's own RMSpropTFLike: its saved groups hold only lr, momentum,
+    # alpha, eps, centered and weight_decay. Loaded into preset "sb3", the knobs the file does
+    # not mention (eps_in_sqrt, initial_square_avg, ...) must stay the loading optimizer's.
+    tflike = {"optimizer_class": RMSpropTFLike, "optimizer_kwargs": {"eps": A2C_EPS, "momentum": 0.9}}
+    theirs, ours = resume_pair(tmp_path, tflike, then=policy_kwargs("sb3", momentum=0.9))
+    assert type(theirs.policy.optimizer) is RMSpropTFLike
+    assert type(ours.policy.optimizer) is rmsprop.RMSprop
+    assert_same_policy(theirs, ours)
+    group = ours.policy.optimizer.param_groups[0]
+    assert (group["eps_in_sqrt"], group["initial_square_avg"]) == (True, 1.0)
