@@ -32,10 +32,22 @@ JSON (--json FILE|-): schema, task, settings, elapsed_s and optimizers, each
 with name, label, lr, runs [{seed, curves {metric: [...]}}], mean, std, min,
 max ({metric: [...]}) and final ({metric: {mean, std, min, max}}).
 
+  a2c-cartpole
+          Stable-Baselines3's A2C on gymnasium's CartPole-v1 with A2C's defaults
+          (lr 7e-4, alpha 0.99, eps 1e-5, 5 steps per update), once per form of
+          RMSProp (--forms; see rmsprop.a2c): PyTorch's form (A2C's default) against
+          the TF-like form (preset sb3 = SB3's RMSpropTFLike) and each of its two
+          differences alone. --steps environment steps per run, --evals evaluations
+          (plus one before training) of --eval-episodes deterministic episodes
+          each: the curve is the mean evaluation return. Needs
+          pip install 'rmsprop[sb3]'. The default (10,000 steps, 3 seeds) takes
+          about a minute per form; docs/a2c.md has the full run.
+
 examples:
   rmsprop compare                                   digits, the default line-up, 3 seeds
   rmsprop compare --optimizers sgd,rmsprop,adam --seeds 0,1 --epochs 5 --out digits.png
   rmsprop compare --task seed --json -
+  rmsprop compare --task a2c-cartpole --jobs 2 --out a2c.png
 """
 
 from __future__ import annotations
@@ -47,18 +59,20 @@ import io
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
-from . import demo
+from . import a2c, demo
 from .cliutil import (
     Progress,
     UsageError,
     add_json_option,
+    comma_list,
     figure,
     guarded,
     output_file,
@@ -70,7 +84,7 @@ from .cliutil import (
     torch_threads,
     write_json,
 )
-from .lineup import DEFAULT_NAMES, LINEUP, add_lineup_options, lrs_table, make, resolve_lrs
+from .lineup import DEFAULT_NAMES, LINEUP, Contender, add_lineup_options, lrs_table, make, resolve_lrs
 
 __all__ = ["TASKS", "Task", "configure_parser", "run", "train", "aggregate", "to_json", "to_csv", "plot"]
 
@@ -80,15 +94,22 @@ Curves = dict[str, list[float]]
 
 @dataclass(frozen=True)
 class Task:
-    """A training problem: what it records, its defaults, and how one run trains."""
+    """A training problem: what it records, its defaults, and how one run trains.
+
+    ``train(optimizer, lr, seed, epochs, batch_size, on_epoch)`` returns ``epochs + 1`` points per
+    metric; ``lineup`` names the optimizers it takes (their labels and colours), ``optimizers``
+    those it runs by default.
+    """
 
     name: str
     description: str
     metrics: tuple[str, ...]
     epochs: int
     lrs: Mapping[str, float]
-    train: Callable[[str, float, int | str, int, int, Callable[[int], None]], Curves]
+    train: Callable[..., Curves]
     seeds: tuple[int | str, ...]
+    lineup: Mapping[str, Contender] = field(default_factory=lambda: LINEUP)
+    optimizers: tuple[str, ...] = DEFAULT_NAMES
 
 
 # ---------------------------------------------------------------- digits
@@ -183,6 +204,37 @@ def train_seed(optimizer: str, lr: float, seed: int | str, epochs: int, batch_si
     return {"train_loss": losses}
 
 
+# ---------------------------------------------------------------- a2c-cartpole
+
+A2C_STEPS = 10_000  # the default run: about a minute per form on one core here; docs/a2c.md runs 50,000
+A2C_EVALS = 10
+A2C_EPISODES = 10
+A2C_DEFAULT_FORMS = ("torch", "sb3")
+
+
+def _builder(form: a2c.Form) -> Callable[[Iterable[torch.Tensor], float], torch.optim.Optimizer]:
+    def build(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+        cls, kwargs = form.optimizer()
+        return cls(params, lr=lr, **kwargs)  # type: ignore[call-arg]  # every form's class takes lr
+
+    return build
+
+
+#: The forms of RMSProp the A2C task takes, as line-up entries (what A2C would build from each).
+A2C_LINEUP: Mapping[str, Contender] = MappingProxyType(
+    {f.name: Contender(f.name, f.label, _builder(f), f.color) for f in a2c.FORMS.values()})
+
+
+def train_a2c(optimizer: str, lr: float, seed: int | str, epochs: int, batch_size: int,
+              on_epoch: Callable[[int], None] = lambda epoch: None, *, steps: int = A2C_STEPS,
+              episodes: int = A2C_EPISODES) -> Curves:
+    """One A2C run (:func:`rmsprop.a2c.train`) of ``steps`` steps with ``epochs`` evaluations of
+    ``episodes`` episodes after the one before training; ``batch_size`` is unused."""
+    del batch_size
+    return a2c.train(optimizer, lr, int(seed), steps, epochs, episodes,
+                     on_eval=lambda index, value: on_epoch(index) if index else None)
+
+
 TASKS: Mapping[str, Task] = {
     "digits": Task(
         "digits",
@@ -197,6 +249,12 @@ TASKS: Mapping[str, Task] = {
         "seed",
         "the seed notebook: Linear(2, 1), x=[[1, 2]], y=[[1]], MSE, full batch",
         ("train_loss",), 10, {name: 0.01 for name in LINEUP}, train_seed, (NOTEBOOK,),
+    ),
+    "a2c-cartpole": Task(
+        "a2c-cartpole",
+        "Stable-Baselines3 A2C on CartPole-v1, A2C's defaults; mean return of deterministic evaluation",
+        ("eval_return",), A2C_EVALS, {name: a2c.LR for name in a2c.FORMS}, train_a2c, (0, 1, 2),
+        A2C_LINEUP, A2C_DEFAULT_FORMS,
     ),
 }
 
@@ -227,24 +285,47 @@ def aggregate(runs: Sequence[Curves]) -> dict[str, Curves]:
     return out
 
 
+def _in_worker(train_fn: Callable[..., Curves], threads: int, args: tuple[Any, ...]) -> Curves:
+    torch.set_num_threads(threads)
+    return train_fn(*args)
+
+
 def train(task: Task, optimizers: Sequence[str], lrs: Mapping[str, float], seeds: Sequence[int | str],
-          epochs: int, batch_size: int, progress: Progress | None = None) -> list[OptimizerResult]:
-    """Every optimizer on every seed; ``progress`` ticks once per epoch."""
-    results = []
-    count = len(optimizers) * len(seeds)
-    index = 0
-    for name in optimizers:
-        result = OptimizerResult(name, lrs[name], {})
-        for seed in seeds:
-            index += 1
+          epochs: int, batch_size: int, progress: Progress | None = None, *, jobs: int = 1, threads: int = 1,
+          options: Mapping[str, Any] | None = None) -> list[OptimizerResult]:
+    """Every optimizer on every seed; ``progress`` ticks once per epoch.
+
+    ``options`` are further keyword arguments of ``task.train``. With ``jobs`` above 1 the runs go
+    to that many worker processes (started fresh, each with ``threads`` torch threads); a run's
+    result does not depend on where it ran, and ``progress`` ticks as each run ends.
+    """
+    train_fn = functools.partial(task.train, **(options or {}))
+    cases = [(name, seed) for name in optimizers for seed in seeds]
+    curves: dict[tuple[str, int | str], Curves] = {}
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_in_worker, train_fn, threads, (n, lrs[n], s, epochs, batch_size)): (n, s)
+                       for n, s in cases}
+            for index, future in enumerate(as_completed(futures), 1):
+                name, seed = futures[future]
+                curves[name, seed] = future.result()
+                if progress is not None:
+                    progress.start_case(index, len(cases), f"{task.name} · {name} · seed {seed} done")
+                    for _ in range(epochs):
+                        progress(f"{jobs} jobs")
+    else:
+        for index, (name, seed) in enumerate(cases, 1):
             if progress is not None:
-                progress.start_case(index, count, f"{task.name} · {name} · seed {seed}")
+                progress.start_case(index, len(cases), f"{task.name} · {name} · seed {seed}")
             tick = (lambda e: progress(f"epoch {e}/{epochs}")) if progress is not None else (lambda e: None)
-            result.runs[seed] = task.train(name, lrs[name], seed, epochs, batch_size, tick)
-        results.append(result)
+            curves[name, seed] = train_fn(name, lrs[name], seed, epochs, batch_size, tick)
     if progress is not None:
         progress.clear()
-    return results
+    return [OptimizerResult(name, lrs[name], {seed: curves[name, seed] for seed in seeds})
+            for name in optimizers]
 
 
 def to_json(task: Task, results: list[OptimizerResult], settings: dict[str, Any], elapsed_s: float) -> dict:
@@ -252,7 +333,7 @@ def to_json(task: Task, results: list[OptimizerResult], settings: dict[str, Any]
     for r in results:
         stats = r.stats()
         final = {m: {k: stats[k][m][-1] for k in stats} for m in task.metrics}
-        optimizers.append({"name": r.name, "label": LINEUP[r.name].label, "lr": r.lr,
+        optimizers.append({"name": r.name, "label": task.lineup[r.name].label, "lr": r.lr,
                            "runs": [{"seed": s, "curves": c} for s, c in r.runs.items()],
                            **stats, "final": final})
     return {"schema": SCHEMA, "task": {"name": task.name, "description": task.description,
@@ -309,8 +390,30 @@ def table(task: Task, results: list[OptimizerResult], settings: dict[str, Any]) 
     return "\n".join(lines)
 
 
+def table_a2c(task: Task, results: list[OptimizerResult], settings: dict[str, Any]) -> str:
+    """The A2C table: per form, the final evaluation return and its mean over the whole curve, each as
+    mean ± sd [min–max] over the seeds (sd: population, as in the JSON)."""
+    head = (f"== {task.name}: {task.description}; {settings['steps']:,} steps, {settings['epochs']} "
+            f"evaluations of {settings['eval_episodes']} episodes; "
+            f"seeds {', '.join(map(str, settings['seeds']))} ==")
+    lines = [head, f"{'form':<12} {'lr':>7}  {'final eval return':<30}  mean eval return over the curve"]
+
+    def cell(values: list[float]) -> str:
+        return (f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f} "
+                f"[{min(values):.1f}–{max(values):.1f}]")
+
+    for r in results:
+        runs = [c["eval_return"] for c in r.runs.values()]
+        lines.append(f"{r.name:<12} {r.lr:>7.3g}  {cell([c[-1] for c in runs]):<30}  "
+                     f"{cell([statistics.fmean(c) for c in runs])}")
+    best = max(results, key=lambda r: r.stats()["mean"]["eval_return"][-1])
+    lines.append(f"highest mean final eval return: {best.name} ({best.stats()['mean']['eval_return'][-1]:.1f}"
+                 f" of 500)")
+    return "\n".join(lines)
+
+
 _TITLES = {"train_loss": "training loss", "test_loss": "test loss", "train_accuracy": "training accuracy",
-           "test_accuracy": "test accuracy"}
+           "test_accuracy": "test accuracy", "eval_return": "evaluation return (deterministic)"}
 
 
 def plot(filename: str, task: Task, results: list[OptimizerResult], settings: dict[str, Any]) -> None:
@@ -321,23 +424,26 @@ def plot(filename: str, task: Task, results: list[OptimizerResult], settings: di
     axes = fig.subplots(1, len(shown), squeeze=False)
     from matplotlib.ticker import MaxNLocator
 
+    steps = settings.get("steps")  # a2c-cartpole: the x axis counts environment steps
+    step = steps // settings["epochs"] if steps else 1
     for ax, metric in zip(axes[0], shown):
         for r in results:
-            c = LINEUP[r.name]
+            c = task.lineup[r.name]
             stats = r.stats()
-            epochs = range(len(stats["mean"][metric]))
-            ax.plot(epochs, stats["mean"][metric], color=c.color, linewidth=1.6,
-                    label=f"{c.label}, lr={r.lr:g}")
-            ax.fill_between(epochs, stats["min"][metric], stats["max"][metric], color=c.color, alpha=0.18,
+            xs = [e * step for e in range(len(stats["mean"][metric]))]
+            ax.plot(xs, stats["mean"][metric], color=c.color, linewidth=1.6, label=f"{c.label}, lr={r.lr:g}")
+            ax.fill_between(xs, stats["min"][metric], stats["max"][metric], color=c.color, alpha=0.18,
                             linewidth=0)
         if "loss" in metric:
             ax.set_yscale("log")
+        elif "return" in metric:
+            ax.set_ylim(0, 510)  # CartPole-v1 ends an episode at 500
         else:  # zoom on the end: the worst final mean, less a margin, to 1
             worst = min(r.stats()["mean"][metric][-1] for r in results)
             ax.set_ylim(max(0.0, worst - 0.1), 1.0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(0, settings["epochs"])
-        ax.set_xlabel("epoch")
+        ax.set_xlim(0, settings["epochs"] * step)
+        ax.set_xlabel("environment steps" if steps else "epoch")
         ax.set_title(_TITLES[metric], fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -373,11 +479,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=_seeds, metavar="LIST",
                         help=f"comma list of integer seeds; the seed task also takes {NOTEBOOK}, the "
                              f"notebook's start (default: digits 0,1,2, seed {NOTEBOOK})")
-    parser.add_argument("--epochs", type=positive_int, help="epochs per run (default: digits 20, seed 10)")
+    parser.add_argument("--epochs", type=positive_int, help="epochs per run (default: digits 20, seed 10; "
+                                                             "a2c-cartpole: see --steps and --evals)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="digits minibatch (default: 64)")
     parser.add_argument("--threads", type=thread_count, default=1,
                         help="torch threads while training: the models are tiny, and on a busy machine more "
                              "threads mostly wait on each other (default: %(default)s)")
+    parser.add_argument("--jobs", type=thread_count, default=1,
+                        help="runs in parallel, each in its own process with --threads threads; the numbers "
+                             "do not depend on it (default: %(default)s)")
+    a2c_options = parser.add_argument_group("a2c-cartpole")
+    forms = tuple(a2c.FORMS)
+    a2c_options.add_argument("--forms", metavar="LIST", type=comma_list(forms, {"all": forms}),
+                             help=f"comma list of {', '.join(a2c.FORMS)}, or all; the lr of every form is "
+                                  f"A2C's {a2c.LR:g} unless --lr LR (default: {','.join(A2C_DEFAULT_FORMS)})")
+    a2c_options.add_argument("--steps", type=positive_int,
+                             help=f"environment steps per run, a multiple of {a2c.N_STEPS} × --evals "
+                                  f"(default: {A2C_STEPS})")
+    a2c_options.add_argument("--evals", type=positive_int,
+                             help=f"evaluations during each run, evenly spaced (default: {A2C_EVALS})")
+    a2c_options.add_argument("--eval-episodes", type=positive_int, default=A2C_EPISODES,
+                             help="deterministic episodes per evaluation (default: %(default)s)")
     parser.add_argument("--out", metavar="FILE.png", type=output_file,
                         help="the picture (needs matplotlib); the numbers go to FILE.csv and FILE.json "
                              "beside it")
@@ -389,16 +511,40 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """The ``rmsprop compare`` command; returns the exit code."""
     if args.help_lrs:
-        print(lrs_table("task", {t.name: t.lrs for t in TASKS.values()}))
+        print(lrs_table("task", {t.name: t.lrs for t in TASKS.values() if t.lineup is LINEUP}))
+        print(f"a2c-cartpole: every form at A2C's default lr {a2c.LR:g} (--forms; --lr LR sets them all)")
         return 0
     return guarded("compare", lambda: _run(args), needs_matplotlib=bool(args.out))
 
 
+def _a2c_settings(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    """--evals and the keyword arguments of :func:`train_a2c`, checked before any run starts."""
+    if args.optimizers or args.epochs:
+        raise UsageError("--task a2c-cartpole takes --forms (not --optimizers) and --steps/--evals "
+                         "(not --epochs)")
+    if args.lr and any(set(lrs) - {"*"} for lrs in args.lr):
+        raise UsageError("--task a2c-cartpole takes one --lr LR for every form")
+    evals = args.evals or A2C_EVALS
+    steps = args.steps or A2C_STEPS
+    if steps % (a2c.N_STEPS * evals):
+        raise UsageError(f"--steps must be a multiple of {a2c.N_STEPS} × --evals = {a2c.N_STEPS * evals} "
+                         f"(A2C updates every {a2c.N_STEPS} steps), got {steps}")
+    a2c.require_sb3()  # fail on a missing Stable-Baselines3 before the progress bar starts
+    return evals, {"steps": steps, "episodes": args.eval_episodes}
+
+
 def _run(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
-    optimizers = list(dict.fromkeys(args.optimizers or DEFAULT_NAMES))
+    options: dict[str, Any] = {}
+    if task.name == "a2c-cartpole":
+        epochs, options = _a2c_settings(args)
+        optimizers = list(dict.fromkeys(args.forms or task.optimizers))
+    else:
+        if args.forms or args.steps or args.evals:
+            raise UsageError("--forms, --steps and --evals belong to --task a2c-cartpole")
+        epochs = args.epochs or task.epochs
+        optimizers = list(dict.fromkeys(args.optimizers or task.optimizers))
     lrs = resolve_lrs(optimizers, task.lrs, args.lr or ())
-    epochs = args.epochs or task.epochs
     seeds = list(args.seeds or task.seeds)
     if task.name != "seed" and NOTEBOOK in seeds:
         raise UsageError(f"--seeds {NOTEBOOK} is the seed task's start; --task {task.name} takes integers")
@@ -407,13 +553,17 @@ def _run(args: argparse.Namespace) -> int:
     out = text_stream(args.json)
     settings = {"task": task.name, "optimizers": optimizers, "lrs": lrs, "seeds": seeds,
                 "epochs": epochs, "batch_size": args.batch_size if task.name == "digits" else None,
-                "threads": args.threads, "torch": torch.__version__}
+                "threads": args.threads, "jobs": args.jobs, "torch": torch.__version__}
+    if task.name == "a2c-cartpole":
+        settings |= {"steps": options["steps"], "eval_episodes": options["episodes"],
+                     "stable_baselines3": a2c.require_sb3().__version__}
     started = time.perf_counter()
     progress = Progress(len(optimizers) * len(seeds) * epochs, enabled=not args.no_progress, name="compare")
     with torch_threads(args.threads):
-        results = train(task, optimizers, lrs, seeds, epochs, args.batch_size, progress)
+        results = train(task, optimizers, lrs, seeds, epochs, args.batch_size, progress, jobs=args.jobs,
+                        threads=args.threads, options=options)
     elapsed = time.perf_counter() - started
-    print(table(task, results, settings), file=out)
+    print((table_a2c if task.name == "a2c-cartpole" else table)(task, results, settings), file=out)
     print(f"trained {len(optimizers) * len(seeds)} runs in {elapsed:.1f} s", file=out, flush=True)
     data = to_json(task, results, settings, elapsed)
     if args.json:
