@@ -45,9 +45,14 @@ def _placeholder(module: str, name: str) -> type:
     return type(name, (), {"__init__": refuse, "__module__": module})
 
 
-def install_torchvision_stub() -> None:
-    """Put the stand-in modules into sys.modules, unless a real torchvision imports."""
-    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+def import_timm_with_torchvision_stub() -> None:
+    """Import timm with the stand-in modules in sys.modules, then take them out again.
+
+    timm keeps what it imported; everything else (torchmetrics, which Lightning imports,
+    asks ``find_spec("torchvision")`` to decide what to load) sees no torchvision at all,
+    as on this machine. Nothing happens where timm is missing or a real torchvision imports.
+    """
+    if importlib.util.find_spec("timm") is None or importlib.util.find_spec("torchvision") is not None:
         return
     for name, attributes in _TORCHVISION_NAMES.items():
         module = types.ModuleType(name, "stand-in for torchvision (integration/conftest.py)")
@@ -61,9 +66,14 @@ def install_torchvision_stub() -> None:
         parent, _, child = name.rpartition(".")
         if parent:
             setattr(sys.modules[parent], child, module)
+    try:
+        import timm.optim  # noqa: F401
+    finally:
+        for name in _TORCHVISION_NAMES:
+            del sys.modules[name]
 
 
-install_torchvision_stub()
+import_timm_with_torchvision_stub()
 
 
 @pytest.fixture(autouse=True)

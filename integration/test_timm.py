@@ -149,7 +149,7 @@ def test_train_py_wrapper_from_the_docs_builds_ours(tmp_path):
     """The page's wrapper, run as a script around a stand-in for timm's train.py that reads
     --opt and builds the optimizer as train.py does (timm.optim.create_optimizer_v2)."""
     page = (ROOT / "docs" / "integrations" / "timm.md").read_text()
-    blocks = [b.split("```")[0] for b in page.split("```python\n")[1:]]
+    blocks = [b.split("```")[0] for b in page.split("```py\n")[1:]]  # shown, not run by the docs test
     wrapper = next(b for b in blocks if b.startswith("# timm_train.py"))
     (tmp_path / "timm_train.py").write_text(wrapper)
     (tmp_path / "train.py").write_text(

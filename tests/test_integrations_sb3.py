@@ -129,6 +129,9 @@ def test_sb3_save_and_load_resume_bit_exactly(tmp_path, precision):
     assert resumed.num_timesteps == uninterrupted.num_timesteps == 2 * STEPS
     assert_same_policy(uninterrupted, resumed)
     a, b = uninterrupted.policy.optimizer.state_dict(), resumed.policy.optimizer.state_dict()
+    stored = {t.dtype for s in b["state"].values() for k, t in s.items() if k.startswith("square_avg")}
+    # the 64×64 hidden weights are large enough for int8 codes (smaller tensors keep float32)
+    assert {"param": torch.float32, "bf16": torch.bfloat16, "int8": torch.uint8}[precision] in stored
     for sa, sb in zip(a["state"].values(), b["state"].values()):
         assert sa.keys() == sb.keys()
         for key in sa:

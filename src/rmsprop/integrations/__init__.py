@@ -16,4 +16,4 @@ Each framework's page in the documentation (docs/integrations/) has the
 recipe and says which test proves what.
 """
 
-__all__ = ["sb3", "timm"]
+__all__ = ["lightning", "sb3", "timm"]
