@@ -12,7 +12,8 @@ torch    ``torch.optim.RMSprop``                                             flo
 tf1      ``tf.compat.v1.train.RMSPropOptimizer`` (eager, resource variables)  float64
 keras    Keras 3 ``keras.optimizers.RMSprop`` with ``KERAS_BACKEND=torch``    float32
 optax    ``optax.rmsprop`` (JAX CPU, ``jax_enable_x64``), eager (no jit)      float64
-timm     ``timm.optim.rmsprop_tf.RMSpropTF``                                  float64
+timm     ``timm.optim.rmsprop_tf.RMSpropTF``                                  float32 (bitwise)
+sb3      Stable-Baselines3 ``RMSpropTFLike`` (``sb2_compat.rmsprop_tf_like``)  float32 (bitwise)
 dqn      DeepMind DQN's Lua RMSProp update, transcribed op for op in NumPy    float64
 =======  ==================================================================  =========
 
@@ -36,7 +37,7 @@ two interop checkpoints ``torch_checkpoint.pt`` and ``timm_checkpoint.pt``)::
 
     .parity-venv/bin/python scripts/make_goldens.py --peer all
 
-or one peer (``--peer torch|tf1|keras|optax|timm|dqn``, repeatable). Compare a fresh,
+or one peer (``--peer torch|tf1|keras|optax|timm|sb3|dqn``, repeatable). Compare a fresh,
 in-memory run against the committed files (exit 1 on a mismatch: relative difference
 > 1e-12 for float64 peers, any difference for float32 peers, or a changed checkpoint)::
 
@@ -90,7 +91,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDENS = ROOT / "tests" / "goldens"
-PEERS = ["torch", "tf1", "keras", "optax", "timm", "dqn"]
+PEERS = ["torch", "tf1", "keras", "optax", "timm", "sb3", "dqn"]
 CHECKPOINT_STEPS = 100
 CHECKPOINT_CASE = {"torch": "centered-momentum-wd", "timm": "centered-momentum"}
 REL_TOL_F64 = 1e-12
@@ -134,21 +135,23 @@ def _problem():
 # torch
 # --------------------------------------------------------------------------------------------
 
-def _run_torch_optimizer(cls, opts: dict, steps: int, schedule=True, checkpoint_at=None):
-    """Step a torch.optim-style optimizer class in float64 over the problem."""
+def _run_torch_optimizer(cls, opts: dict, steps: int, schedule=True, checkpoint_at=None, dtype="float64"):
+    """Step a torch.optim-style optimizer class over the problem, in ``dtype`` (the float64
+    problem rounded once to it; the rows are stored as float64, exactly)."""
     import torch
 
     params0, grads = _problem()
     base = opts["lr"]
     kw = {k: v for k, v in opts.items() if k != "lr"}
-    ps = [torch.tensor(p, dtype=torch.float64) for p in params0]
+    dtype = getattr(torch, dtype)
+    ps = [torch.tensor(p, dtype=torch.float64).to(dtype) for p in params0]
     opt = cls(ps, lr=base, **kw)
     rows = [[p.detach().numpy().copy() for p in ps]]
     ckpt = None
     for k in range(steps):
         opt.param_groups[0]["lr"] = P.lr_at(base, k) if schedule else base
         for p, g in zip(ps, grads[k]):
-            p.grad = torch.tensor(g, dtype=torch.float64)
+            p.grad = torch.tensor(g, dtype=torch.float64).to(dtype)
         opt.step()
         rows.append([p.detach().numpy().copy() for p in ps])
         if checkpoint_at is not None and k + 1 == checkpoint_at:
@@ -585,7 +588,9 @@ def _import_timm_rmsprop_tf():
 
 
 def _timm_run(opts: dict, steps: int, checkpoint_at=None, schedule=True):
-    return _run_torch_optimizer(_import_timm_rmsprop_tf().RMSpropTF, opts, steps, schedule, checkpoint_at)
+    # float32, compared bit for bit: the "timm" preset follows timm's order of operations
+    return _run_torch_optimizer(_import_timm_rmsprop_tf().RMSpropTF, opts, steps, schedule, checkpoint_at,
+                                dtype="float32")
 
 
 def _timm_initial_square_avg() -> str:
@@ -634,7 +639,8 @@ def peer_timm():
         "group_values_at_checkpoint": {k: v for k, v in group.items() if k != "params"},
     }
     notes = (
-        "timm RMSpropTF, float64, single-tensor CPU path; before 0-based step k "
+        "timm RMSpropTF, float32 (problem rounded once to float32; compared bit for bit), "
+        "single-tensor CPU path; before 0-based step k "
         "param_groups[0]['lr'] = lr_at(lr, k). Per step: state['step'] += 1; weight decay first: "
         "decoupled_decay: param.mul_(1 - lr*weight_decay) (Python float64 scalar; "
         "corrected_weight_decay would use lr**2/max_lr instead of lr), else grad = "
@@ -649,7 +655,7 @@ def peer_timm():
         "FMA on CPU, so a plain NumPy model of these formulas drifts by up to ~1e-12 relative."
     )
     return {
-        "library": "timm", "version": _version("timm"), "dtype": "float64",
+        "library": "timm", "version": _version("timm"), "dtype": "float32", "bitwise": True,
         "trajs": trajs, "skipped": {}, "notes": notes, "facts": facts, "checkpoints": ckpts,
     }
 
@@ -702,9 +708,68 @@ def peer_dqn():
     }
 
 
+# --------------------------------------------------------------------------------------------
+# sb3 (Stable-Baselines3's RMSpropTFLike, torch float32)
+# --------------------------------------------------------------------------------------------
+
+def _import_sb3_rmsprop_tf_like():
+    """stable_baselines3/__init__ imports gymnasium and its algorithms; the optimizer module needs
+    only torch: load that one file by path."""
+    spec = importlib.util.find_spec("stable_baselines3")
+    assert spec is not None and spec.submodule_search_locations, "stable-baselines3 is not installed"
+    path = Path(list(spec.submodule_search_locations)[0]) / "common" / "sb2_compat" / "rmsprop_tf_like.py"
+    mod_spec = importlib.util.spec_from_file_location("sb3_rmsprop_tf_like", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    assert mod_spec.loader is not None
+    mod_spec.loader.exec_module(mod)
+    return mod
+
+
+def _sb3_run(opts: dict, steps: int, schedule=True):
+    return _run_torch_optimizer(_import_sb3_rmsprop_tf_like().RMSpropTFLike, opts, steps, schedule,
+                                dtype="float32")
+
+
+def peer_sb3():
+    import torch
+
+    mod = _import_sb3_rmsprop_tf_like()
+    trajs = {name: _sb3_run(opts, P.STEPS)[0] for name, opts in P.CASES["sb3"]}
+    _, _, opt = _sb3_run(dict(P.CASES["sb3"])["centered-momentum-wd"], 2)
+    group = opt.state_dict()["param_groups"][0]
+    st0 = opt.state_dict()["state"][0]
+    p = torch.ones(3)
+    probe = mod.RMSpropTFLike([p])
+    p.grad = torch.zeros(3)
+    probe.step()
+    facts = {
+        "import": "the file stable_baselines3/common/sb2_compat/rmsprop_tf_like.py loaded by path",
+        "signature": f"RMSpropTFLike{inspect.signature(mod.RMSpropTFLike.__init__)}",
+        "param_group_keys": sorted(k for k in group if k != "params"),
+        "state_keys": sorted(st0),
+        "state_step_type": type(st0["step"]).__name__,
+        "square_avg_initial_value": f"{(probe.state[p]['square_avg'] / 0.99).tolist()} (square_avg / "
+                                    "alpha after one step with a zero gradient)",
+    }
+    notes = (
+        "SB3 RMSpropTFLike, float32 (problem rounded once to float32; compared bit for bit); before "
+        "0-based step k param_groups[0]['lr'] = lr_at(lr, k). Per step: state['step'] += 1 (a Python "
+        "int); L2 weight decay grad = grad.add(p, alpha=wd); square_avg (starts at ONES) "
+        ".mul_(alpha).addcmul_(grad, grad, value=1-alpha); centered: grad_avg.mul_(alpha).add_(grad, "
+        "alpha=1-alpha) (PyTorch 1.5's form, not lerp); avg = square_avg.addcmul(grad_avg, grad_avg, "
+        "value=-1).add_(eps).sqrt_() else square_avg.add(eps).sqrt_() (eps INSIDE the sqrt); momentum: "
+        "buf.mul_(momentum).addcdiv_(grad, avg); p.add_(buf, alpha=-lr) (lr OUTSIDE the buffer); else "
+        "p.addcdiv_(grad, avg, value=-lr). Defaults lr=1e-2, alpha=0.99, eps=1e-8."
+    )
+    return {
+        "library": "stable-baselines3", "version": _version("stable-baselines3"), "dtype": "float32",
+        "bitwise": True, "trajs": trajs, "skipped": {}, "notes": notes, "facts": facts, "checkpoints": {},
+    }
+
+
 RUNNERS = {
     "torch": peer_torch, "tf1": peer_tf1, "keras": peer_keras,
-    "optax": peer_optax, "timm": peer_timm, "dqn": peer_dqn,
+    "optax": peer_optax, "timm": peer_timm, "sb3": peer_sb3, "dqn": peer_dqn,
 }
 
 
@@ -765,6 +830,7 @@ def metadata(peer: str, result: dict, refused: dict, seconds: float) -> dict:
         "python": platform.python_version(),
         "command": command_string(),
         "dtype": result["dtype"],
+        "bitwise": result.get("bitwise", False),
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
         "cases": cases,
         "skipped": skipped,
@@ -937,6 +1003,9 @@ def sanity(peers: list[str]) -> int:
         elif peer == "timm":
             a = _timm_run(opts, P.STEPS)[0]
             b = _timm_run(opts, P.STEPS, schedule=False)[0]
+        elif peer == "sb3":
+            a = _sb3_run(opts, P.STEPS)[0]
+            b = _sb3_run(opts, P.STEPS, schedule=False)[0]
         first = _first_diff_row(a, b)
         ok = first == 81
         bad += not ok

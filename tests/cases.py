@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from rmsprop.engine import OP_ORDERS
+
 # The ways momentum can enter the update (formula lines 10-14).
 MOMENTUM_MODES: dict[str, dict[str, Any]] = {
     "no-momentum": {"momentum": 0.0},
@@ -29,23 +31,24 @@ SWITCHES = ("centered", "eps_in_sqrt", "bias_correction", "maximize")
 def _labelled() -> list[tuple[str, dict[str, str], dict[str, Any]]]:
     """(name, the value of each knob dimension, knobs) for the whole product."""
     out = []
-    for (m_name, m), (w_name, w), flags, v0 in itertools.product(
+    for (m_name, m), (w_name, w), flags, v0, order in itertools.product(
         MOMENTUM_MODES.items(),
         WEIGHT_DECAY_MODES.items(),
         itertools.product((False, True), repeat=len(SWITCHES)),
         (0.0, 1.0),
+        OP_ORDERS,
     ):
         on = [s for s, f in zip(SWITCHES, flags) if f]
-        name = "-".join([m_name, w_name, *on, f"v0={v0:g}"])
-        labels = {"momentum": m_name, "decay": w_name, "v0": f"{v0:g}",
+        name = "-".join([m_name, w_name, *on, f"v0={v0:g}", f"order={order}"])
+        labels = {"momentum": m_name, "decay": w_name, "v0": f"{v0:g}", "op_order": order,
                   **{s: str(f) for s, f in zip(SWITCHES, flags)}}
-        knobs = {**m, **w, **dict(zip(SWITCHES, flags)), "initial_square_avg": v0}
+        knobs = {**m, **w, **dict(zip(SWITCHES, flags)), "initial_square_avg": v0, "op_order": order}
         out.append((name, labels, {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, **knobs}))
     return out
 
 
 def every_combination() -> list[tuple[str, dict[str, Any]]]:
-    """Every knob combination: momentum modes × decay modes × switches × v₀ ∈ {0, 1}."""
+    """Every knob combination: momentum modes × decay modes × switches × v₀ ∈ {0, 1} × op orders."""
     return [(name, knobs) for name, _, knobs in _labelled()]
 
 

@@ -22,6 +22,8 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from rmsprop.engine import OP_ORDERS
+
 REAL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 DTYPES = (*REAL_DTYPES, torch.complex64)
 
@@ -144,6 +146,7 @@ def knobs(draw, lr: Choice = ((0.01, 1e-3, 0.1, 1.0), (0.0,)),
         bias_correction=alpha < 1 and draw(st.booleans()),
         maximize=draw(st.booleans()),
         initial_square_avg=draw(st.sampled_from((0.0, 1.0))),
+        op_order=draw(st.sampled_from(OP_ORDERS)),
     )
 
 

@@ -318,7 +318,7 @@ def test_the_fused_pass_obeys_a_false_finite_flag_on_codes():
     saved = [x.clone() for x in (*square, *momentum, p)]
     hyper = Hyper(lr=0.1, alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.9, centered=False, maximize=False,
                   eps_in_sqrt=False, lr_in_momentum=False, nesterov=False, decoupled_weight_decay=False,
-                  bias_correction=False)
+                  bias_correction=False, op_order="torch")
     tensors = StepTensors([p], [torch.randn(5000)], [square], [], [momentum], [state["step"]], [0])
     fused_step(tensors, hyper, finite=torch.tensor(False))
     assert all(torch.equal(a, b) for a, b in zip(saved, (*square, *momentum, p)))

@@ -29,7 +29,7 @@ def _cases_for(momentum_mode: str, wd_mode: str):
 @pytest.mark.parametrize("momentum_mode", list(MOMENTUM_MODES))
 def test_foreach_equals_reference_float64(momentum_mode, wd_mode):
     cases = _cases_for(momentum_mode, wd_mode)
-    assert len(cases) == 32  # 2⁴ switches × 2 initial values
+    assert len(cases) == 96  # 2⁴ switches × 2 initial values × 3 orders of operations
     base = make_params(torch.float64, complex_too=True)
     stream = grad_stream(base, STEPS)
     for name, knobs in cases:
@@ -50,7 +50,7 @@ def test_foreach_equals_reference_float64(momentum_mode, wd_mode):
 
 def test_the_table_covers_every_combination():
     names = {name for name, _ in CASES}
-    assert len(names) == len(CASES) == 5 * 3 * 16 * 2
+    assert len(names) == len(CASES) == 5 * 3 * 16 * 2 * 3
 
 
 

@@ -131,6 +131,26 @@ def timm_oracle(lr_schedule, alpha=0.9, eps=1e-10, momentum=0.0, weight_decay=0.
     return theta
 
 
+def sb3_oracle(lr_schedule, alpha=0.99, eps=1e-8, momentum=0.0, centered=False, weight_decay=0.0):
+    """SB3's RMSpropTFLike: PyTorch 1.5's loop with ε inside the root and v starting at 1."""
+    theta, v, gav, buf = list(THETA0), [1.0] * 3, [0.0] * 3, [0.0] * 3
+    for lr, grads in zip(lr_schedule, GRADS):
+        for i in range(3):
+            g = grads[i] + weight_decay * theta[i]
+            v[i] = alpha * v[i] + (1 - alpha) * g * g
+            var = v[i]
+            if centered:
+                gav[i] = alpha * gav[i] + (1 - alpha) * g
+                var -= gav[i] ** 2
+            denom = math.sqrt(var + eps)
+            if momentum > 0:
+                buf[i] = momentum * buf[i] + g / denom
+                theta[i] -= lr * buf[i]
+            else:
+                theta[i] -= lr * g / denom
+    return theta
+
+
 def dqn_oracle(lr_schedule):
     theta, gav, g2 = list(THETA0), [0.0] * 3, [0.0] * 3
     for lr, grads in zip(lr_schedule, GRADS):
@@ -166,6 +186,9 @@ CASES = [
      {"momentum": 0.9, "weight_decay": 0.01, "decoupled_decay": True}),
     ("timm", {"momentum": 0.9, "lr_in_momentum": False},
      timm_oracle, {"momentum": 0.9, "lr_in_momentum": False}),
+    ("sb3", {}, sb3_oracle, {}),
+    ("sb3", {"momentum": 0.9, "centered": True, "weight_decay": 0.01}, sb3_oracle,
+     {"momentum": 0.9, "centered": True, "weight_decay": 0.01}),
     ("dqn", {}, dqn_oracle, {}),
 ]
 
@@ -207,9 +230,10 @@ def test_lr_inside_and_outside_the_buffer_differ_under_a_schedule():
         ("tf1", dict(lr=None, alpha=0.9, eps=1e-10, initial_square_avg=1.0, lr_in_momentum=True)),
         ("keras", dict(lr=1e-3, alpha=0.9, eps=1e-7, decoupled_weight_decay=True, lr_in_momentum=True)),
         ("optax", dict(lr=None, alpha=0.9, eps=1e-8, eps_in_sqrt=True, bias_correction=False)),
-        ("timm", dict(lr=1e-2, alpha=0.9, eps=1e-10, initial_square_avg=1.0, lr_in_momentum=True)),
+        ("timm", dict(lr=1e-2, alpha=0.9, eps=1e-10, initial_square_avg=1.0, lr_in_momentum=True,
+                      op_order="tf")),
         ("sb3", dict(lr=1e-2, alpha=0.99, eps=1e-8, eps_in_sqrt=True, initial_square_avg=1.0,
-                     lr_in_momentum=False)),
+                     lr_in_momentum=False, op_order="torch-1.5")),
         ("dqn", dict(lr=2.5e-4, alpha=0.95, eps=0.01, centered=True, eps_in_sqrt=True)),
     ],
 )

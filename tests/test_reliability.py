@@ -167,7 +167,7 @@ def test_every_path_obeys_a_false_finite_flag(path):
     v, m, b, t = ([s[i] for s in state] for i in range(4))
     hyper = rmsprop.engine.Hyper(lr=0.1, alpha=0.9, eps=1e-3, weight_decay=0.1, momentum=0.9, centered=True,
                                  maximize=False, eps_in_sqrt=False, lr_in_momentum=False, nesterov=False,
-                                 decoupled_weight_decay=False, bias_correction=True)
+                                 decoupled_weight_decay=False, bias_correction=True, op_order="torch")
     before = [x.clone() for x in (*params, *v, *m, *b, *t)]
     tensors = StepTensors(params, grads, v, m, b, t, list(range(len(params))))
     PATHS[path](tensors, hyper, finite=torch.tensor(False))

@@ -24,9 +24,22 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Hyper", "NewState", "rmsprop_update", "bias_correction_factor", "denominator_can_vanish"]
+__all__ = ["Hyper", "NewState", "OP_ORDERS", "rmsprop_update", "bias_correction_factor",
+           "denominator_can_vanish"]
 
 Scalar = float | Tensor
+
+#: Whose order of operations lines (4) and (5) follow. The same numbers in
+#: exact arithmetic; each rounds as that framework's kernels do, so a preset
+#: matches its framework bit for bit:
+#:
+#: - "torch": PyTorch 2's for-loop, v ← addcmul(α·v, g, g, 1 − α) and
+#:   ḡ ← lerp(ḡ, g, 1 − α);
+#: - "torch-1.5": PyTorch 1.5's, which SB3's ``RMSpropTFLike`` keeps: v as
+#:   above, ḡ ← α·ḡ + (1 − α)·g (``mul_`` then ``add_(alpha=)``);
+#: - "tf": TensorFlow's kernels, which timm's ``RMSpropTF`` follows:
+#:   v ← v + (1 − α)·(g² − v) and ḡ ← ḡ + (1 − α)·(g − ḡ) (``add_(alpha=)``).
+OP_ORDERS = ("torch", "torch-1.5", "tf")
 
 
 class Hyper(NamedTuple):
@@ -52,6 +65,7 @@ class Hyper(NamedTuple):
     nesterov: bool
     decoupled_weight_decay: bool
     bias_correction: bool
+    op_order: str
 
 
 class NewState(NamedTuple):
@@ -176,17 +190,28 @@ def rmsprop_update(
         return NewState(torch.view_as_complex(new.param), torch.view_as_complex(new.square_avg),
                         _complex(new.grad_avg), _complex(new.momentum_buffer))
 
-    v = _addcmul(square_avg.mul(alpha), g, g, 1 - alpha)  # (4) v ← α·v + (1 − α)·g²
+    if hyper.op_order == "tf":
+        v = _add(square_avg, g.mul(g).sub(square_avg), 1 - alpha)  # (4) v ← v + (1 − α)·(g² − v)
+    else:
+        v = _addcmul(square_avg.mul(alpha), g, g, 1 - alpha)  # (4) v ← α·v + (1 − α)·g²
     m: Tensor | None = None
     if hyper.centered:
         assert grad_avg is not None, "centered: the caller passes ḡ"
-        m = _lerp(grad_avg, g, 1 - alpha)  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
+        if hyper.op_order == "tf":
+            m = _add(grad_avg, g.sub(grad_avg), 1 - alpha)  # (5) ḡ ← ḡ + (1 − α)·(g − ḡ)
+        elif hyper.op_order == "torch-1.5":
+            m = _add(grad_avg.mul(alpha), g, 1 - alpha)  # (5) ḡ ← α·ḡ + (1 − α)·g
+        else:
+            m = _lerp(grad_avg, g, 1 - alpha)  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
 
     v_hat, m_hat = v, m
     if hyper.bias_correction:  # (6) v̂ ← v/(1 − αᵗ), ḡ̂ ← ḡ/(1 − αᵗ)
+        # At v's dtype for every shape: a 0-d v would otherwise promote to the
+        # factor's wider dtype (type promotion treats two 0-d tensors as equals),
+        # where a tensor of v's dtype rounds the quotient once to its own dtype.
         correction = bias_correction_factor(alpha, step, param)
-        v_hat = v / correction
-        m_hat = m / correction if m is not None else None
+        v_hat = (v / correction).to(v.dtype)
+        m_hat = (m / correction).to(m.dtype) if m is not None else None
 
     if m_hat is not None:  # (7) r ← v̂ − ḡ̂²  (centered), else r ← v̂
         radicand = v_hat.addcmul(m_hat, m_hat, value=-1)

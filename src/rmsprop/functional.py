@@ -42,6 +42,7 @@ def rmsprop(
     nesterov: bool = False,
     decoupled_weight_decay: bool = False,
     bias_correction: bool = False,
+    op_order: str = "torch",
     fused: bool | None = None,
 ) -> None:
     """Apply one RMSProp step in place to ``params`` and their state.
@@ -65,7 +66,7 @@ def rmsprop(
              "momentum": momentum, "centered": centered, "maximize": maximize, "eps_in_sqrt": eps_in_sqrt,
              "lr_in_momentum": lr_in_momentum, "nesterov": nesterov,
              "decoupled_weight_decay": decoupled_weight_decay, "bias_correction": bias_correction,
-             "capturable": capturable, "differentiable": differentiable, "foreach": foreach, "fused": fused}
+             "op_order": op_order, "capturable": capturable, "differentiable": differentiable, "foreach": foreach, "fused": fused}
     check_group(group, "rmsprop.functional.rmsprop's arguments")  # the class's rules (rmsprop.settings)
     n = len(params)
     lists = {"grads": grads, "square_avgs": square_avgs, "state_steps": state_steps}

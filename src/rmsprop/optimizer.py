@@ -115,6 +115,10 @@ class RMSprop(Optimizer):
         nesterov: Nesterov momentum, (12') / (14') (default: the preset's; False).
         decoupled_weight_decay: (2) instead of (3) (default: the preset's; False).
         bias_correction: (6), as optax's option (default: the preset's; False).
+        op_order: whose order of operations (4) and (5) round in: "torch",
+            "torch-1.5" (SB3's ``RMSpropTFLike``) or "tf" (TensorFlow, timm);
+            equal in exact arithmetic, each matches its framework's bits
+            (:data:`rmsprop.engine.OP_ORDERS`) (default: the preset's; "torch").
         nonfinite: what a step does when a gradient holds NaN or ±Inf:
             "propagate" (PyTorch's behaviour), "skip" (change nothing, count
             it in ``skipped_steps``) or "raise" (``FloatingPointError``
@@ -197,6 +201,7 @@ class RMSprop(Optimizer):
         nesterov: bool | None = None,
         decoupled_weight_decay: bool | None = None,
         bias_correction: bool | None = None,
+        op_order: str | None = None,
         nonfinite: str = "propagate",
         state_precision: str = "param",
         stochastic_rounding: bool = False,
@@ -214,7 +219,7 @@ class RMSprop(Optimizer):
             capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable,
             fused=fused, eps_in_sqrt=eps_in_sqrt, initial_square_avg=initial_square_avg,
             lr_in_momentum=lr_in_momentum, nesterov=nesterov, decoupled_weight_decay=decoupled_weight_decay,
-            bias_correction=bias_correction, state_precision=state_precision,
+            bias_correction=bias_correction, op_order=op_order, state_precision=state_precision,
             stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed,
         )
         # Preset knobs the caller passed: they beat any preset, a group's own included.

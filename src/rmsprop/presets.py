@@ -46,6 +46,9 @@ class Preset:
         nesterov: Nesterov momentum (optax's ``trace(nesterov=True)``).
         decoupled_weight_decay: θ ← θ(1 − η·λ) instead of the L2 gradient term.
         bias_correction: divide the averages by 1 − αᵗ (optax's option).
+        op_order: whose order of operations the averages (4)–(5) follow,
+            so that the preset rounds as its framework does
+            (:data:`rmsprop.engine.OP_ORDERS`).
         argument_names: the framework's own argument names that differ from
             ours, as (theirs, ours) pairs; :func:`translate` applies them.
     """
@@ -64,6 +67,7 @@ class Preset:
     nesterov: bool = False
     decoupled_weight_decay: bool = False
     bias_correction: bool = False
+    op_order: str = "torch"
     argument_names: tuple[tuple[str, str], ...] = ()
 
     def knobs(self) -> dict[str, Any]:
@@ -105,6 +109,7 @@ _ALL = (
         eps_in_sqrt=True,
         initial_square_avg=1.0,
         lr_in_momentum=True,
+        op_order="tf",
         argument_names=(("learning_rate", "lr"), ("decay", "alpha"), ("epsilon", "eps")),
     ),
     Preset(
@@ -143,6 +148,7 @@ _ALL = (
         eps_in_sqrt=True,
         initial_square_avg=1.0,
         lr_in_momentum=True,
+        op_order="tf",
         argument_names=(("decoupled_decay", "decoupled_weight_decay"),),
     ),
     Preset(
@@ -154,6 +160,7 @@ _ALL = (
         eps=1e-8,
         eps_in_sqrt=True,
         initial_square_avg=1.0,
+        op_order="torch-1.5",
     ),
     Preset(
         "dqn",

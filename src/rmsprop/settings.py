@@ -33,7 +33,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .engine import Hyper
+from .engine import OP_ORDERS, Hyper
 
 __all__ = [
     "Setting", "SETTINGS", "FROM_PRESET", "by_role", "check_group", "saved_defaults", "hyper_from",
@@ -155,6 +155,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nesterov", "structure", FROM_PRESET, _flag, True, "(12') / (14')"),
     Setting("decoupled_weight_decay", "structure", FROM_PRESET, _flag, True, "(2) instead of (3)"),
     Setting("bias_correction", "structure", FROM_PRESET, _flag, True, "(6)"),
+    Setting("op_order", "structure", FROM_PRESET, _one_of(*OP_ORDERS), True,
+            "(4)-(5): whose rounding, engine.OP_ORDERS"),
     Setting("maximize", "structure", False, _flag, True, "(1)"),
     Setting("capturable", "path", False, _flag, True, "step count on the device, tensor lr never read"),
     Setting("foreach", "path", None, _maybe_flag, False, "True: foreach path; False: reference; None: auto"),

@@ -90,6 +90,12 @@ CASES: dict[str, list[tuple[str, dict]]] = {
         ("decoupled-decay", {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.01, "decoupled_decay": True}),
         ("lr-outside-momentum", {"lr": 0.01, "momentum": 0.9, "lr_in_momentum": False}),
     ],
+    "sb3": [
+        ("default", {"lr": 0.01}),
+        ("momentum", {"lr": 0.01, "momentum": 0.9}),
+        ("centered", {"lr": 0.01, "centered": True}),
+        ("centered-momentum-wd", {"lr": 0.01, "centered": True, "momentum": 0.9, "weight_decay": 0.01}),
+    ],
     "dqn": [
         ("nature-2015", {"lr": 0.00025}),
     ],

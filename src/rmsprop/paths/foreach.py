@@ -34,7 +34,9 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         return
     centered, use_momentum = hyper.centered, bool(hyper.momentum != 0)
     for _, dtype, (p, g, v, m, b, steps, idents) in by_device_and_dtype(t, centered, use_momentum):
+        group_hyper = hyper
         if dtype.is_complex:  # complex state is never 8-bit (rmsprop.precision.storage_refusal)
+            g, group_hyper = _complex_gradient(p, g, hyper)
             p, g, v = _real(p), _real(g), _real(_plain(v))
             m, b = _real(_plain(m)), _real(_plain(b))
         stored = stored_dtype(v[0])
@@ -44,10 +46,10 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
             ms = m[chunk] if centered else None
             bs = b[chunk] if use_momentum else None
             if work == p[0].dtype and work == stored:  # plain state in θ's own dtype
-                _step_group(ps, gs, _plain(vs), _plain(ms), _plain(bs), steps[chunk], hyper)
+                _step_group(ps, gs, _plain(vs), _plain(ms), _plain(bs), steps[chunk], group_hyper)
             else:  # widen (or decode) a cache-sized chunk, step it, round (or encode) each result once
                 wide = (_load(ps, work), _load(gs, work), _load(vs, work), _load(ms, work), _load(bs, work))
-                _step_group(*wide, steps[chunk], hyper)
+                _step_group(*wide, steps[chunk], group_hyper)
                 for spec, bufs, values in zip(BUFFERS, (vs, ms, bs), wide[2:]):  # v, ḡ, b
                     if bufs is None:
                         continue
@@ -62,6 +64,20 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
                 else:
                     for param, new, step, ident in zip(ps, wide[0], steps[chunk], idents[chunk]):
                         write_param_(param, new, rounding_seed, step, ident)
+
+
+def _complex_gradient(p: list[Tensor], g: list[Tensor], hyper: Hyper) -> tuple[list[Tensor], Hyper]:
+    """Lines (1) and (3) of a complex group in complex arithmetic, as the
+    engine (and PyTorch's for-loop) run them: the complex multiply-add rounds
+    λ·θ before adding it, where the real view's fuses the two. The rest of
+    the step runs on the real view, with those lines switched off."""
+    if hyper.maximize:
+        g = list(torch._foreach_neg(g))  # (1)
+    wd = hyper.weight_decay
+    if wd != 0 and not hyper.decoupled_weight_decay:
+        g = list(torch._foreach_add(g, p, alpha=wd))  # type: ignore[arg-type]  # (3) g ← g + λ·θ
+        return g, hyper._replace(maximize=False, weight_decay=0.0)
+    return g, hyper._replace(maximize=False)
 
 
 # On CPU a foreach op is a loop over its tensors: each op streams every tensor
@@ -108,17 +124,28 @@ def _step_group(p: TensorList, g: TensorList, v: TensorList, m: TensorList | Non
         else:
             g = torch._foreach_add(g, p, alpha=wd)  # type: ignore[arg-type]  # (3) g ← g + λ·θ
 
-    _scale_(v, alpha)  # (4) v ← α·v + (1 − α)·g²
-    torch._foreach_addcmul_(v, g, g, value=1 - alpha)  # type: ignore[arg-type]
+    if hyper.op_order == "tf":  # (4) v ← v + (1 − α)·(g² − v)
+        change = torch._foreach_mul(g, g)
+        torch._foreach_sub_(change, v)
+        torch._foreach_add_(v, change, alpha=1 - alpha)  # type: ignore[arg-type]
+    else:
+        _scale_(v, alpha)  # (4) v ← α·v + (1 − α)·g²
+        torch._foreach_addcmul_(v, g, g, value=1 - alpha)  # type: ignore[arg-type]
     if m is not None:
-        torch._foreach_lerp_(m, g, 1 - alpha)  # type: ignore[arg-type]  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
+        if hyper.op_order == "tf":  # (5) ḡ ← ḡ + (1 − α)·(g − ḡ)
+            torch._foreach_add_(m, torch._foreach_sub(g, m), alpha=1 - alpha)  # type: ignore[arg-type]
+        elif hyper.op_order == "torch-1.5":  # (5) ḡ ← α·ḡ + (1 − α)·g
+            _scale_(m, alpha)
+            torch._foreach_add_(m, g, alpha=1 - alpha)  # type: ignore[arg-type]
+        else:
+            torch._foreach_lerp_(m, g, 1 - alpha)  # type: ignore[arg-type]  # (5) ḡ ← ḡ + (1 − α)(g − ḡ)
 
     v_hat, m_hat = v, m
     if hyper.bias_correction:  # (6) v̂ ← v/(1 − αᵗ), ḡ̂ ← ḡ/(1 − αᵗ)
         corrections = [bias_correction_factor(alpha, s, x) for s, x in zip(t, p)]
-        v_hat = torch._foreach_div(v, corrections)
+        v_hat = _same_dtype(torch._foreach_div(v, corrections), v)
         if m is not None:
-            m_hat = torch._foreach_div(m, corrections)
+            m_hat = _same_dtype(torch._foreach_div(m, corrections), m)
 
     if m_hat is not None:  # (7) r ← v̂ − ḡ̂²
         denom = torch._foreach_addcmul(v_hat, m_hat, m_hat, value=-1)
@@ -175,6 +202,16 @@ def _step_group(p: TensorList, g: TensorList, v: TensorList, m: TensorList | Non
         torch._foreach_add_(p, torch._foreach_mul(inc, -lr))
     else:
         torch._foreach_add_(p, inc, alpha=-lr)
+
+
+def _same_dtype(results: TensorList, like: TensorList) -> TensorList:
+    """Each result at its input's dtype, as the engine rounds it: a 0-d input
+    divided by the factor of (6) promotes to the factor's wider dtype (two
+    0-d tensors promote as equals), where a tensor of any other shape keeps
+    its own."""
+    if all(r.dtype == x.dtype for r, x in zip(results, like)):
+        return results
+    return [r.to(x.dtype) for r, x in zip(results, like)]
 
 
 _CPU_ONE = torch.tensor(1.0)  # read only
