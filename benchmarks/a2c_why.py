@@ -43,7 +43,9 @@ import torch
 from rmsprop import a2c
 from rmsprop.cliutil import figure, save_png
 
-QUANTITIES = ("step", "grad", "clipped", "v", "below_eps")
+PARTS = ("pi", "vf")  # the policy network (and action head), the value network (and value head)
+QUANTITIES = ("step_pi", "step_vf", "grad_pi", "grad_vf", "v_pi", "v_vf", "below_eps_pi", "below_eps_vf",
+              "clipped", "v")
 WINDOWS = ((1, 1), (2, 10), (11, 100), (101, 1000), (1001, 10000), (10001, 100000))
 FORMS = ("torch", "sb3", "eps-in-sqrt", "v0-1")
 
@@ -52,26 +54,36 @@ def measure(form: str, seed: int, steps: int, lr: float) -> dict[str, Any]:
     """One run; per update (index 0 is the first update) each of :data:`QUANTITIES`."""
     torch.set_num_threads(1)
     series: dict[str, list[float]] = {q: [] for q in QUANTITIES}
+    parts: dict[str, torch.Tensor] = {}
     before: list[torch.Tensor] = []
 
     def record(model: Any) -> None:
-        params = list(model.policy.parameters())
-        theta = torch.nn.utils.parameters_to_vector(params).detach().clone()
+        named = list(model.policy.named_parameters())
+        theta = torch.nn.utils.parameters_to_vector([p for _, p in named]).detach().clone()
         if before:
             opt = model.policy.optimizer
-            g = torch.cat([p.grad.reshape(-1) for p in params])
-            v = torch.cat([opt.state[p]["square_avg"].reshape(-1) for p in params])
-            series["step"].append(((theta - before[0]).pow(2).mean().sqrt() / lr).item())
-            series["grad"].append(g.pow(2).mean().sqrt().item())
+            g = torch.cat([p.grad.reshape(-1) for _, p in named])
+            v = torch.cat([opt.state[p]["square_avg"].reshape(-1) for _, p in named])
+            step = (theta - before[0]) / lr
+            for part, mask in parts.items():
+                series[f"step_{part}"].append(step[mask].pow(2).mean().sqrt().item())
+                series[f"grad_{part}"].append(g[mask].pow(2).mean().sqrt().item())
+                series[f"v_{part}"].append(v[mask].mean().item())
+                series[f"below_eps_{part}"].append((v[mask] < a2c.EPS).double().mean().item())
             series["clipped"].append(float(g.norm().item() >= model.max_grad_norm * (1 - 1e-5)))
             series["v"].append(v.mean().item())
-            series["below_eps"].append((v < a2c.EPS).double().mean().item())
             before[0] = theta
         else:
             before.append(theta)
+            parts.update({part: torch.cat([torch.full((p.numel(),), _part(n) == part) for n, p in named])
+                          for part in PARTS})
 
     curves = a2c.train(form, lr, seed, steps, 1, 10, on_update=record)
     return {"form": form, "seed": seed, "final_return": curves["eval_return"][-1], "series": series}
+
+
+def _part(name: str) -> str:
+    return "pi" if name.startswith(("mlp_extractor.policy_net", "action_net")) else "vf"
 
 
 def window_means(values: list[float]) -> list[float | None]:
@@ -88,7 +100,7 @@ def summarise(runs: list[dict[str, Any]], forms: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for form in forms:
         mine = [r for r in runs if r["form"] == form]
-        count = len(mine[0]["series"]["step"])
+        count = len(mine[0]["series"]["clipped"])
         bins = log_bins(count)
         out[form] = {
             "final_return": [r["final_return"] for r in mine],
@@ -106,7 +118,9 @@ def table(summary: dict[str, Any], steps: int, seeds: list[int]) -> str:
              f"{', '.join(map(str, seeds))}; means over seeds within windows of updates"]
     shown = [w for w in WINDOWS if w[0] <= steps // a2c.N_STEPS]
     head = "".join(f"{(f'{lo}' if lo == hi else f'{lo}-{hi}'):>12}" for lo, hi in shown)
-    for q, fmt in (("step", ".3g"), ("grad", ".2e"), ("clipped", ".1%"), ("v", ".2e"), ("below_eps", ".1%")):
+    formats = {"step": ".3g", "grad": ".2e", "v": ".2e", "below": ".1%", "clipped": ".1%"}
+    for q in QUANTITIES:
+        fmt = formats[q.split("_")[0]]
         lines.append(f"\n{q:<13}{head}")
         for form, s in summary.items():
             cells = (format(x, fmt) for x in s["windows"][q] if x is not None)
@@ -119,21 +133,25 @@ def table(summary: dict[str, Any], steps: int, seeds: list[int]) -> str:
 
 
 def plot(filename: str, summary: dict[str, Any], steps: int, seeds: list[int]) -> None:
-    fig = figure(figsize=(11, 5.0))
-    ax_step, ax_v = fig.subplots(1, 2)
+    fig = figure(figsize=(14, 5.0))
+    ax_pi, ax_vf, ax_v = fig.subplots(1, 3)
     for form, s in summary.items():
         f = a2c.FORMS[form]
         alone = form in ("eps-in-sqrt", "v0-1")  # dashed: they overlap the full forms in places
         style = {"color": f.color, "label": f.label, "linestyle": "--" if alone else "-"}
-        ax_step.plot(s["curve_x"], s["curve"]["step"], **style)
+        ax_pi.plot(s["curve_x"], s["curve"]["step_pi"], **style)
+        ax_vf.plot(s["curve_x"], s["curve"]["step_vf"], **style)
         ax_v.plot(s["curve_x"], s["curve"]["v"], **style)
     any_form = next(iter(summary.values()))
     xs = any_form["curve_x"]
     ax_v.plot(xs, [a2c.ALPHA ** x for x in xs], color="black", linestyle=":",
               label="α^k (what is left of v₀ = 1)")
     ax_v.axhline(a2c.EPS, color="gray", linestyle="--", label="ε = 1e-5")
-    ax_step.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
-    for ax, title in ((ax_step, "update size RMS(Δθ)/lr"), (ax_v, "mean square average v")):
+    for ax in (ax_pi, ax_vf):
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
+    titles = ("policy network: update size RMS(Δθ)/lr", "value network: update size RMS(Δθ)/lr",
+              "mean square average v (all)")
+    for ax, title in zip((ax_pi, ax_vf, ax_v), titles, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("update (5 environment steps each)")

@@ -123,6 +123,19 @@ def test_drop_in_forms_are_bit_identical_and_the_tf_like_form_is_not_torchs():
         assert not torch.equal(_final_parameters(alone), torch_form)
 
 
+def test_rmsproptflike_without_optimizer_kwargs_runs_with_its_own_eps_not_a2cs():
+    """The trap the sb3-eps1e-8 form stands for: A2C's rms_prop_eps reaches only its own optimizer."""
+    sb3 = a2c.require_sb3()
+    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+    model = sb3.A2C("MlpPolicy", a2c.ENV_ID, seed=0, device="cpu",
+                    policy_kwargs={"optimizer_class": RMSpropTFLike})
+    assert model.policy.optimizer.defaults["eps"] == 1e-8
+    model.learn(100)
+    theta = torch.nn.utils.parameters_to_vector(model.policy.parameters()).detach()
+    assert torch.equal(_final_parameters("sb3-eps1e-8"), theta)
+
+
 def test_evaluating_does_not_change_the_training():
     assert torch.equal(_final_parameters("sb3", evals=1), _final_parameters("sb3", evals=4))
 

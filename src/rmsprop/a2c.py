@@ -15,9 +15,13 @@ form             ``optimizer_class`` and ``optimizer_kwargs`` (all: alpha 0.99, 
 ``tflike``       SB3's own ``RMSpropTFLike``: its ``use_rms_prop`` recipe
 ``eps-in-sqrt``  ``rmsprop.RMSprop(eps_in_sqrt=True)``: ε inside the root, v₀ = 0
 ``v0-1``         ``rmsprop.RMSprop(initial_square_avg=1.0)``: v₀ = 1, ε outside the root
+``sb3-eps1e-8``  ``rmsprop.RMSprop(preset="sb3", eps=1e-8)``: the TF-like form with its own ε
 ===============  ==============================================================================
 
-The last two separate the two ways the TF-like form differs from PyTorch's.
+``eps-in-sqrt`` and ``v0-1`` separate the two ways the TF-like form differs from
+PyTorch's. ``sb3-eps1e-8`` is what ``policy_kwargs=dict(optimizer_class=RMSpropTFLike)``
+gives without ``optimizer_kwargs``: A2C passes its ``rms_prop_eps`` (1e-5) only to the
+optimizer it picks itself, so the class's default ε (1e-8) applies.
 
 Evaluation protocol: at ``evals`` evenly spaced points of training (and before
 it), the policy plays ``episodes`` episodes of a separate CartPole-v1
@@ -117,6 +121,7 @@ _ALL = (
     Form("tflike", "SB3's RMSpropTFLike", "tab:orange", _tflike),
     Form("eps-in-sqrt", "ε inside √ only (v₀ = 0)", "tab:green", _ours(eps_in_sqrt=True)),
     Form("v0-1", "v₀ = 1 only (ε outside √)", "tab:purple", _ours(initial_square_avg=1.0)),
+    Form("sb3-eps1e-8", "preset sb3 with its own ε 1e-8", "tab:brown", _ours(preset="sb3", eps=1e-8)),
 )
 
 #: name → :class:`Form`, read-only, in the order the pictures list them.

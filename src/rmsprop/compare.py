@@ -455,6 +455,40 @@ def plot(filename: str, task: Task, results: list[OptimizerResult], settings: di
     save_png(fig, filename)
 
 
+def plot_a2c(filename: str, task: Task, results: list[OptimizerResult], settings: dict[str, Any]) -> None:
+    """A2C's picture: every form's mean curve on top; below, one panel per form with each seed's
+    curve (RL outcomes split into runs that solve the task and runs that do not: a band would hide it)."""
+    count = len(results)
+    fig = figure(figsize=(max(9.0, 2.6 * count), 7.4))
+    grid = fig.add_gridspec(2, count, height_ratios=(1.3, 1))
+    top = fig.add_subplot(grid[0, :])
+    every = settings["steps"] // settings["epochs"]
+    xs = [e * every for e in range(settings["epochs"] + 1)]
+    for column, r in enumerate(results):
+        c = task.lineup[r.name]
+        top.plot(xs, r.stats()["mean"]["eval_return"], color=c.color, linewidth=1.8,
+                 label=f"{c.label}, lr={r.lr:g}")
+        ax = fig.add_subplot(grid[1, column], sharey=top)
+        for curves in r.runs.values():
+            ax.plot(xs, curves["eval_return"], color=c.color, linewidth=0.9, alpha=0.6)
+        ax.plot(xs, r.stats()["mean"]["eval_return"], color=c.color, linewidth=2)
+        ax.set_title(f"{r.name}: each seed, mean bold", fontsize=9)
+        ax.set_xlabel("environment steps", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    top.set_ylim(0, 510)  # CartPole-v1 ends an episode at 500
+    top.set_xlim(0, settings["steps"])
+    top.set_ylabel("evaluation return")
+    top.grid(True, alpha=0.3)
+    top.legend(fontsize=8, loc="upper left", frameon=False)
+    seeds = settings["seeds"]
+    fig.suptitle(f"rmsprop compare --task a2c-cartpole: SB3 A2C, CartPole-v1; mean return of "
+                 f"{settings['eval_episodes']} deterministic episodes; mean over seeds "
+                 f"{', '.join(map(str, seeds))}", fontsize=10)
+    fig.tight_layout()
+    save_png(fig, filename)
+
+
 # ---------------------------------------------------------------- command line
 
 def _seeds(text: str) -> list[int | str]:
@@ -569,7 +603,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(data, args.json)
     if args.out:
-        plot(args.out, task, results, settings)
+        (plot_a2c if task.name == "a2c-cartpole" else plot)(args.out, task, results, settings)
         target = Path(args.out)
         target.with_suffix(".csv").write_text(to_csv(task, results))
         write_json(data, str(target.with_suffix(".json")))
