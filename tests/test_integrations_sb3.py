@@ -77,26 +77,20 @@ def test_policy_kwargs_checks_settings_at_the_call():
     assert policy_kwargs(eps=None)["optimizer_kwargs"] == {"preset": "torch"}
 
 
-# RMSpropTFLike's centered denominator is rounded in another order than ours: after 1,000
-# steps (seed 0, ε 1e-8) the policies differ by ~5e-10. The order-of-operations setting that
-# closes it is on its way; strict, so this xfail turns into a failure once it lands.
-CENTERED_XFAIL = pytest.mark.xfail(
-    strict=True, reason="centered: RMSpropTFLike computes sqrt(v - g_avg² + eps) in another order (issue 14)"
-)
-
-
 @pytest.mark.parametrize(
     "knobs",
     [
         {},
         {"momentum": 0.9},
-        pytest.param({"centered": True}, marks=CENTERED_XFAIL),
-        pytest.param({"centered": True, "momentum": 0.9}, marks=CENTERED_XFAIL),
+        {"centered": True},
+        {"centered": True, "momentum": 0.9},
     ],
     ids=["plain", "momentum", "centered", "centered-momentum"],
 )
 def test_preset_sb3_is_rmsproptflike_bit_for_bit(knobs):
-    # A linear lr schedule, as the RL Zoo's A2C recipes use, and RMSpropTFLike's own ε.
+    # A linear lr schedule, as the RL Zoo's A2C recipes use, and RMSpropTFLike's own ε. The
+    # centered cases need the preset's op_order ("torch-1.5"): in PyTorch's order the policies
+    # differ by ~5e-10 after these 1,000 steps (seed 0, one thread).
     schedule = {"learning_rate": linear(7e-4)}
     theirs = train({"optimizer_class": RMSpropTFLike, "optimizer_kwargs": knobs}, 1000, **schedule)
     ours = train(policy_kwargs("sb3", eps=1e-8, **knobs), 1000, **schedule)
