@@ -158,3 +158,27 @@ def test_the_update_rule_page_carries_the_class_docstrings_formula():
     page = (DOCS / "update.md").read_text()
     assert _formula(page) == _formula(rmsprop.RMSprop.__doc__)
     assert len(_formula(page).splitlines()) == 18  # all of (1)…(14), not a fragment
+
+
+def _lists_glued_to_a_paragraph(markdown: str) -> list[str]:
+    """Lines that open a list right under a paragraph line: GitHub renders a list there, mkdocs'
+    Markdown a paragraph with dashes in it (it needs a blank line first)."""
+    text = re.sub(r"^[ ]*```.*?^[ ]*```", "", markdown, flags=re.DOTALL | re.MULTILINE)
+    glued, previous = [], ""
+    for line in text.splitlines():
+        opens = re.match(r"(- |\* |\d+\. )", line)
+        in_text = previous.strip() and not re.match(r"\s*(- |\* |\d+\. |\||#|<!--)", previous)
+        if opens and in_text and not previous.startswith(" "):
+            glued.append(line)
+        previous = line
+    return glued
+
+
+@pytest.mark.parametrize("page", run_tutorial.pages(DOCS), ids=_ids(run_tutorial.pages(DOCS)))
+def test_every_list_starts_after_a_blank_line(page):
+    glued = _lists_glued_to_a_paragraph(page.read_text())
+    assert not glued, f"{page.relative_to(ROOT)}: put a blank line before {glued}"
+
+
+def test_a_list_glued_to_its_paragraph_is_found():
+    assert _lists_glued_to_a_paragraph("Say:\n- one\n- two\n\nSay:\n\n- three\n") == ["- one"]
