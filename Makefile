@@ -22,7 +22,7 @@ test-slow: $(STAMP)                # the exhaustive checks: every knob combinati
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)                     # ruff, then mypy (its settings and files: pyproject.toml's [tool.mypy])
-	$(PY) -m ruff check src tests examples scripts
+	$(PY) -m ruff check src tests examples scripts integration
 	$(PY) -m mypy
 
 # The live peers (TensorFlow, Keras, JAX/optax, timm) live in their own

@@ -56,9 +56,18 @@ from hostile import (
 STEPS = 3
 
 
-def _assert_same_bits(ours: list[torch.Tensor], reference: list[torch.Tensor], where: str) -> None:
+def _assert_same_bits(ours: list[torch.Tensor], reference: list[torch.Tensor], where: str,
+                      complex_rounds_apart: bool = False) -> None:
+    """Bit for bit; with ``complex_rounds_apart``, the real tensors only. L2 decay (3) of a complex
+    parameter rounds λ·θ before adding it in the reference (complex multiply-add, as PyTorch's
+    for-loop) and fuses the two in foreach (the real view, as PyTorch's foreach): 1 ulp of g, which
+    an ill-conditioned step (centered with bias correction: v̂ − ḡ̂² = 0 at step 1) turns into any
+    difference. Each of those paths is held bit for bit to PyTorch's own instead
+    (tests/test_torch_contract.py::test_ours_matches_torch_bitwise, complex parameters included)."""
     assert len(ours) == len(reference), where
     for i, (a, b) in enumerate(zip(ours, reference)):
+        if complex_rounds_apart and a.is_complex():
+            continue
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True,
                                    msg=lambda m, i=i: f"{where}, tensor {i}: {m}")
 
@@ -88,7 +97,8 @@ def _check_reference_against_foreach(data) -> None:
         ref.step(t, step_profiles)
         fe.step(t, step_profiles)
         where = f"step {t}"
-        _assert_same_bits(fe.tensors(), ref.tensors(), where)
+        l2 = case_knobs["weight_decay"] != 0 and not case_knobs["decoupled_weight_decay"]
+        _assert_same_bits(fe.tensors(), ref.tensors(), where, complex_rounds_apart=l2)
         _assert_sane(ref, [inputs_finite and not overflowed] * len(ref.params), where)
 
 

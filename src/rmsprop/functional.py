@@ -66,7 +66,8 @@ def rmsprop(
              "momentum": momentum, "centered": centered, "maximize": maximize, "eps_in_sqrt": eps_in_sqrt,
              "lr_in_momentum": lr_in_momentum, "nesterov": nesterov,
              "decoupled_weight_decay": decoupled_weight_decay, "bias_correction": bias_correction,
-             "op_order": op_order, "capturable": capturable, "differentiable": differentiable, "foreach": foreach, "fused": fused}
+             "op_order": op_order, "capturable": capturable, "differentiable": differentiable,
+             "foreach": foreach, "fused": fused}
     check_group(group, "rmsprop.functional.rmsprop's arguments")  # the class's rules (rmsprop.settings)
     n = len(params)
     lists = {"grads": grads, "square_avgs": square_avgs, "state_steps": state_steps}

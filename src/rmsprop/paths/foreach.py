@@ -34,9 +34,7 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         return
     centered, use_momentum = hyper.centered, bool(hyper.momentum != 0)
     for _, dtype, (p, g, v, m, b, steps, idents) in by_device_and_dtype(t, centered, use_momentum):
-        group_hyper = hyper
         if dtype.is_complex:  # complex state is never 8-bit (rmsprop.precision.storage_refusal)
-            g, group_hyper = _complex_gradient(p, g, hyper)
             p, g, v = _real(p), _real(g), _real(_plain(v))
             m, b = _real(_plain(m)), _real(_plain(b))
         stored = stored_dtype(v[0])
@@ -46,10 +44,10 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
             ms = m[chunk] if centered else None
             bs = b[chunk] if use_momentum else None
             if work == p[0].dtype and work == stored:  # plain state in θ's own dtype
-                _step_group(ps, gs, _plain(vs), _plain(ms), _plain(bs), steps[chunk], group_hyper)
+                _step_group(ps, gs, _plain(vs), _plain(ms), _plain(bs), steps[chunk], hyper)
             else:  # widen (or decode) a cache-sized chunk, step it, round (or encode) each result once
                 wide = (_load(ps, work), _load(gs, work), _load(vs, work), _load(ms, work), _load(bs, work))
-                _step_group(*wide, steps[chunk], group_hyper)
+                _step_group(*wide, steps[chunk], hyper)
                 for spec, bufs, values in zip(BUFFERS, (vs, ms, bs), wide[2:]):  # v, ḡ, b
                     if bufs is None:
                         continue
@@ -64,20 +62,6 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
                 else:
                     for param, new, step, ident in zip(ps, wide[0], steps[chunk], idents[chunk]):
                         write_param_(param, new, rounding_seed, step, ident)
-
-
-def _complex_gradient(p: list[Tensor], g: list[Tensor], hyper: Hyper) -> tuple[list[Tensor], Hyper]:
-    """Lines (1) and (3) of a complex group in complex arithmetic, as the
-    engine (and PyTorch's for-loop) run them: the complex multiply-add rounds
-    λ·θ before adding it, where the real view's fuses the two. The rest of
-    the step runs on the real view, with those lines switched off."""
-    if hyper.maximize:
-        g = list(torch._foreach_neg(g))  # (1)
-    wd = hyper.weight_decay
-    if wd != 0 and not hyper.decoupled_weight_decay:
-        g = list(torch._foreach_add(g, p, alpha=wd))  # type: ignore[arg-type]  # (3) g ← g + λ·θ
-        return g, hyper._replace(maximize=False, weight_decay=0.0)
-    return g, hyper._replace(maximize=False)
 
 
 # On CPU a foreach op is a loop over its tensors: each op streams every tensor
