@@ -6,24 +6,30 @@
 Each form of :data:`rmsprop.a2c.FORMS` (default: torch, sb3, eps-in-sqrt, v0-1) trains
 SB3's A2C on CartPole-v1 exactly as ``rmsprop compare --task a2c-cartpole`` does (A2C's
 defaults, lr 7e-4, α 0.99, ε 1e-5; A2C also clips the gradient to a global norm of 0.5),
-and after every update this records, over all N policy parameters:
+and after every update this records, separately for the policy network (``_pi``: its MLP
+and the action head) and the value network (``_vf``: its MLP and the value head):
 
 - ``step``: RMS(Δθ) / lr, the update's size in units of the learning rate. PyTorch's form
   divides g by √v + ε with v ≈ g², so its steps are about 1 (10 at the first update, where
-  v = (1 − α)·g²); the TF-like form divides by √(v + ε), which is about 1 while v still
-  holds its start of 1, and at least √ε ≈ 3.2e-3 for ever after.
+  v = (1 − α)·g²); the TF-like form divides by √(v + ε): about 1 while v still holds its
+  start of 1, and never less than √ε ≈ 3.2e-3 after, which is far above √v wherever
+  v ≪ ε.
 - ``grad``: RMS(g) of the (clipped) gradient the optimizer stepped with.
-- ``clipped``: the fraction of updates whose gradient A2C clipped (its norm is then 0.5,
-  its RMS 0.5/√N).
 - ``v``: the mean square average (the optimizer's ``square_avg``).
 - ``below_eps``: the fraction of elements whose v is below ε: there, ε inside the root
   sets the denominator instead of the gradient's scale.
 
+and for the whole policy: ``clipped``, the fraction of updates whose gradient A2C clipped
+(to a norm of 0.5), and ``v``, the mean square average of all parameters.
+
 Then the final evaluation return (10 deterministic episodes, as the compare task's last
 point). The table gives each quantity's mean over the seeds in windows of updates
-(1, 2–10, 11–100, ...); the picture plots step and v against the update number.
-Recording reads the parameters and the optimizer's state only, so every run's training is
-the compare task's run for the same form and seed, bit for bit.
+(1, 2–10, 11–100, ...); the picture plots the two networks' step sizes and the policy
+network's v against the update number. Recording reads the parameters and the
+optimizer's state only, so every run's training is the compare task's run for the same
+form and seed, bit for bit (the final returns match the compare run's, seed by seed).
+``--from-json`` redraws the table and the picture of an earlier ``--json`` without running
+(the JSON holds every per-update series: about 24 MB for 12 runs of 50,000 steps).
 """
 
 from __future__ import annotations
@@ -141,7 +147,7 @@ def plot(filename: str, summary: dict[str, Any], steps: int, seeds: list[int]) -
         style = {"color": f.color, "label": f.label, "linestyle": "--" if alone else "-"}
         ax_pi.plot(s["curve_x"], s["curve"]["step_pi"], **style)
         ax_vf.plot(s["curve_x"], s["curve"]["step_vf"], **style)
-        ax_v.plot(s["curve_x"], s["curve"]["v"], **style)
+        ax_v.plot(s["curve_x"], s["curve"]["v_pi"], **style)
     any_form = next(iter(summary.values()))
     xs = any_form["curve_x"]
     ax_v.plot(xs, [a2c.ALPHA ** x for x in xs], color="black", linestyle=":",
@@ -150,7 +156,7 @@ def plot(filename: str, summary: dict[str, Any], steps: int, seeds: list[int]) -
     for ax in (ax_pi, ax_vf):
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
     titles = ("policy network: update size RMS(Δθ)/lr", "value network: update size RMS(Δθ)/lr",
-              "mean square average v (all)")
+              "policy network: mean square average v")
     for ax, title in zip((ax_pi, ax_vf, ax_v), titles, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -176,7 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument("--json", help="write the summary (and every per-update series) here")
     parser.add_argument("--out", help="the picture (PNG)")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="no runs: the table and picture of an earlier --json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        print(table(saved["summary"], saved["steps"], saved["seeds"]))
+        if args.out:
+            plot(args.out, saved["summary"], saved["steps"], saved["seeds"])
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     forms = args.forms.split(",")
     cases = [(form, seed, args.steps, args.lr) for form in forms for seed in seeds]
