@@ -392,15 +392,17 @@ def table(task: Task, results: list[OptimizerResult], settings: dict[str, Any]) 
 
 def table_a2c(task: Task, results: list[OptimizerResult], settings: dict[str, Any]) -> str:
     """The A2C table: per form, the final evaluation return and its mean over the whole curve, each as
-    mean ± sd [min–max] over the seeds (sd: population, as in the JSON)."""
+    mean ± sd [min–max] over the seeds; sd is the sample one (n − 1), as seeds are usually reported
+    (the JSON's ``std`` is the population one, as for every task)."""
     head = (f"== {task.name}: {task.description}; {settings['steps']:,} steps, {settings['epochs']} "
             f"evaluations of {settings['eval_episodes']} episodes; "
             f"seeds {', '.join(map(str, settings['seeds']))} ==")
-    lines = [head, f"{'form':<12} {'lr':>7}  {'final eval return':<30}  mean eval return over the curve"]
+    lines = [head, f"{'form':<12} {'lr':>7}  {'final eval return':<30}  mean eval return over the curve",
+             f"{'':<12} {'':>7}  {'mean ± sd(n−1) [min–max]':<30}  mean ± sd(n−1) [min–max]"]
 
     def cell(values: list[float]) -> str:
-        return (f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f} "
-                f"[{min(values):.1f}–{max(values):.1f}]")
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.1f} ± {sd:.1f} [{min(values):.1f}–{max(values):.1f}]"
 
     for r in results:
         runs = [c["eval_return"] for c in r.runs.values()]
