@@ -155,6 +155,8 @@ def test_a_line_up_entry_builds_the_forms_optimizer():
     ([*TINY, "--epochs", "3"], "--steps/--evals (not --epochs)"),
     (["--task", "digits", "--forms", "torch"], "--forms, --steps and --evals belong to --task a2c-cartpole"),
     ([*TINY, "--seeds", "notebook"], "--task a2c-cartpole takes integers"),
+    ([*TINY, "--lr", "sgd=0.1"], "--lr sgd: not an optimizer of --task a2c-cartpole"),
+    (["--task", "digits", "--lr", "0.1,sb3=0.1"], "--lr sb3: not an optimizer of --task digits"),
 ])
 def test_usage_errors_are_refused_before_any_run(argv, message, capsys):
     assert main(["compare", *argv]) == 2
@@ -174,3 +176,13 @@ def test_importing_the_task_loads_neither_stable_baselines3_nor_gymnasium():
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'stable_baselines3', 'gymnasium'}))")
     completed = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "[]"
+
+
+def test_lr_may_name_a_form_and_a_typo_is_refused_by_the_parser(capsys):
+    data, _ = command_json("compare", *TINY, "--forms", "torch,sb3", "--seeds", "0",
+                           "--lr", "1e-3", "--lr", "sb3=2.1e-3")
+    assert data["settings"]["lrs"] == {"torch": 1e-3, "sb3": 2.1e-3}
+    assert {o["name"]: o["lr"] for o in data["optimizers"]} == {"torch": 1e-3, "sb3": 2.1e-3}
+    with pytest.raises(SystemExit):
+        main(["compare", *TINY, "--lr", "sbb3=0.1"])
+    assert "'sbb3' is not one of" in capsys.readouterr().err

@@ -511,7 +511,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the command's options to ``parser`` and make :func:`run` its action."""
     parser.add_argument("--task", choices=tuple(TASKS), default="digits",
                         help="what to train (default: %(default)s)")
-    add_lineup_options(parser, "per task")
+    add_lineup_options(parser, "per task", lr_names=a2c.FORMS)
     parser.add_argument("--seeds", type=_seeds, metavar="LIST",
                         help=f"comma list of integer seeds; the seed task also takes {NOTEBOOK}, the "
                              f"notebook's start (default: digits 0,1,2, seed {NOTEBOOK})")
@@ -528,7 +528,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     forms = tuple(a2c.FORMS)
     a2c_options.add_argument("--forms", metavar="LIST", type=comma_list(forms, {"all": forms}),
                              help=f"comma list of {', '.join(a2c.FORMS)}, or all; the lr of every form is "
-                                  f"A2C's {a2c.LR:g} unless --lr LR (default: {','.join(A2C_DEFAULT_FORMS)})")
+                                  f"A2C's {a2c.LR:g} unless --lr says "
+                                  f"(default: {','.join(A2C_DEFAULT_FORMS)})")
     a2c_options.add_argument("--steps", type=positive_int,
                              help=f"environment steps per run, a multiple of {a2c.N_STEPS} × --evals "
                                   f"(default: {A2C_STEPS})")
@@ -548,7 +549,7 @@ def run(args: argparse.Namespace) -> int:
     """The ``rmsprop compare`` command; returns the exit code."""
     if args.help_lrs:
         print(lrs_table("task", {t.name: t.lrs for t in TASKS.values() if t.lineup is LINEUP}))
-        print(f"a2c-cartpole: every form at A2C's default lr {a2c.LR:g} (--forms; --lr LR sets them all)")
+        print(f"a2c-cartpole: every form at A2C's default lr {a2c.LR:g} (--forms; --lr LR or FORM=LR)")
         return 0
     return guarded("compare", lambda: _run(args), needs_matplotlib=bool(args.out))
 
@@ -558,8 +559,6 @@ def _a2c_settings(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     if args.optimizers or args.epochs:
         raise UsageError("--task a2c-cartpole takes --forms (not --optimizers) and --steps/--evals "
                          "(not --epochs)")
-    if args.lr and any(set(lrs) - {"*"} for lrs in args.lr):
-        raise UsageError("--task a2c-cartpole takes one --lr LR for every form")
     evals = args.evals or A2C_EVALS
     steps = args.steps or A2C_STEPS
     if steps % (a2c.N_STEPS * evals):
@@ -580,6 +579,11 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError("--forms, --steps and --evals belong to --task a2c-cartpole")
         epochs = args.epochs or task.epochs
         optimizers = list(dict.fromkeys(args.optimizers or task.optimizers))
+    for override in args.lr or ():
+        strangers = [name for name in override if name != "*" and name not in task.lrs]
+        if strangers:
+            raise UsageError(f"--lr {', '.join(strangers)}: not an optimizer of --task {task.name} "
+                             f"({', '.join(task.lrs)})")
     lrs = resolve_lrs(optimizers, task.lrs, args.lr or ())
     seeds = list(args.seeds or task.seeds)
     if task.name != "seed" and NOTEBOOK in seeds:

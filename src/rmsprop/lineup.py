@@ -77,18 +77,19 @@ def make(name: str, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Op
     return LINEUP[name].build(params, lr)
 
 
-def parse_lrs(text: str) -> dict[str, float]:
+def parse_lrs(text: str, names: Iterable[str] = LINEUP) -> dict[str, float]:
     """``--lr`` values: ``0.01`` (every optimizer) or ``sgd=0.1,adam=3e-3``.
 
-    Returns name → lr; the key ``"*"`` stands for every optimizer. Raises ValueError on an
-    unknown name or a learning rate that is not a positive number.
+    Returns name → lr; the key ``"*"`` stands for every optimizer. Raises ValueError on a
+    name not in ``names`` (default: the line-up) or a learning rate that is not a positive number.
     """
+    names = tuple(dict.fromkeys(names))
     result: dict[str, float] = {}
     for item in (x.strip() for x in text.split(",")):
         name, _, value = item.rpartition("=")
         name = name.strip() or "*"
-        if name != "*" and name not in LINEUP:
-            raise ValueError(f"{name!r} is not one of {', '.join(LINEUP)}")
+        if name != "*" and name not in names:
+            raise ValueError(f"{name!r} is not one of {', '.join(names)}")
         try:
             lr = float(value)
         except ValueError:
@@ -112,20 +113,26 @@ def resolve_lrs(names: Iterable[str], defaults: Mapping[str, float],
     return lrs
 
 
-def _lr_option(text: str) -> dict[str, float]:
-    try:
-        return parse_lrs(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+def _lr_option(names: tuple[str, ...]) -> Callable[[str], dict[str, float]]:
+    def parse(text: str) -> dict[str, float]:
+        try:
+            return parse_lrs(text, names)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
-def add_lineup_options(parser: argparse.ArgumentParser, lr_defaults: str) -> None:
-    """``--optimizers``, ``--lr`` and ``--help-lrs``, the same in every command that uses the line-up."""
+def add_lineup_options(parser: argparse.ArgumentParser, lr_defaults: str,
+                       lr_names: Iterable[str] = ()) -> None:
+    """``--optimizers``, ``--lr`` and ``--help-lrs``, the same in every command that uses the line-up.
+    ``lr_names``: names ``--lr NAME=LR`` takes besides the line-up's (a task's own optimizers)."""
     names = tuple(LINEUP)
     parser.add_argument("--optimizers", metavar="LIST", type=comma_list(names, {"all": names}),
                         help=f"comma list of {', '.join(LINEUP)}, or all (default: all but rmsprop-tf1)")
     parser.add_argument("--help-lrs", action="store_true", help="print the default learning rates and exit")
-    parser.add_argument("--lr", action="append", type=_lr_option, metavar="LR|NAME=LR,...",
+    parser.add_argument("--lr", action="append", type=_lr_option((*names, *lr_names)),
+                        metavar="LR|NAME=LR,...",
                         help="learning rate for every optimizer (0.01), or per optimizer "
                              f"(sgd=0.1,adam=0.02); repeat: later wins (default: {lr_defaults}, "
                              "see --help-lrs)")
