@@ -65,7 +65,7 @@ clean:
 bench: $(STAMP)
 	$(PY) benchmarks/bench_paths.py
 
-# The README's pictures (and the numbers beside them), from the commands themselves.
+# See it work's pictures (docs/see-it-work.md) and the numbers beside them, from the commands themselves.
 figures: $(STAMP)
 	$(VENV)/bin/rmsprop trajectories --function quadratic,saddle --out docs/figures/trajectories.png
 	$(VENV)/bin/rmsprop compare --no-progress --out docs/figures/compare_digits.png

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The command behind the README's benchmark numbers: writes docs/bench_cpu.json
+# The command behind the Performance page's numbers (docs/performance.md): writes docs/bench_cpu.json
 # and docs/bench_cpu.png and prints the tables and goal lines.
 #
 #   bash benchmarks/run_readme_bench.sh            # about 10 minutes on a 2-core VM

@@ -54,6 +54,9 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     api = (site / "api" / "index.html").read_text()
     assert 'id="rmsprop.RMSprop"' in api and "(14) θ ← θ − b" in api  # generated from the docstring
+    # the docstrings' Sphinx roles read as code, linked to their entry (scripts/mkdocs_hooks.py)
+    assert not re.search(r":(class|mod|func|meth|attr|data|exc):", api)
+    assert '<a href="#rmsprop.RMSprop"><code>rmsprop.RMSprop</code></a>' in api
     assert (site / "figures" / "trajectories.png").is_file()
 
 

@@ -525,7 +525,7 @@ def _quality():
 
 
 def test_int8_state_trains_as_well_as_fp32_and_a_broken_codec_does_not():
-    """The README's quality benchmark, shortened (150 steps, one seed). Its
+    """The Low memory page's quality benchmark (docs/low-memory.md), shortened (150 steps, one seed). Its
     goals are one-sided: int8 state's loss at most 1% above fp32 state's (a
     lower one is no defect) and its v within 5% of fp32 state's in geometric
     mean (measured: −0.2% and 1.8%). Two broken codecs must miss: a linear

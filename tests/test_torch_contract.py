@@ -645,7 +645,7 @@ def test_can_load_older_state_dict(optim_cls, config):
     optimizer.load_state_dict(old)
 
     # An absent flag reads as: PyTorch, its class default; ours, the loading optimizer's own
-    # value (a file says nothing about a setting it lacks; the README's checkpoint rule).
+    # value (a file says nothing about a setting it lacks; docs/compatibility.md's checkpoint rule).
     torch_defaults = {"foreach": None, "differentiable": False, "maximize": False}
     for group, before in zip(optimizer.param_groups, built):
         for flag in INFO.not_og_supported_flags:

@@ -447,7 +447,7 @@ class RMSprop(Optimizer):
     # graph break): the fused path brings its own compiled code.
     @torch.compiler.disable
     @_use_grad_for_differentiable
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single optimization step: plan every group (every check
         that can fail), decide the non-finite verdict, then write.
 

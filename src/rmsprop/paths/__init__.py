@@ -20,7 +20,7 @@ from .reference import reference_step
 __all__ = ["PATHS", "AUTO_FUSED_MIN_NUMEL", "choose_path", "foreach_step", "fused_step", "reference_step"]
 
 #: The automatic choice compiles a group only from this many elements on: below
-#: it, the first step's compile costs more than a long run saves (README, "Paths").
+#: it, the first step's compile costs more than a long run saves (docs/paths.md).
 AUTO_FUSED_MIN_NUMEL = 1 << 22
 
 PATHS = {"reference": reference_step, "foreach": foreach_step, "fused": fused_step}
