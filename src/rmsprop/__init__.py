@@ -13,6 +13,7 @@
 from . import functional
 from .backward import step_in_backward
 from .engine import rmsprop_update
+from .groups import param_groups
 from .optimizer import LAYOUT_VERSION, RMSprop
 from .presets import PRESETS, Preset, translate
 from .seed import RMSPropOptimizer
@@ -24,6 +25,7 @@ __all__ = [
     "RMSPropOptimizer",
     "RMSprop",
     "functional",
+    "param_groups",
     "rmsprop_update",
     "step_in_backward",
     "translate",
