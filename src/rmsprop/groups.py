@@ -105,8 +105,8 @@ def param_groups(
         >>> import torch, rmsprop
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
         >>> groups = rmsprop.param_groups(model, lr=1e-2, weight_decay=0.05, layer_decay=0.5)
-        >>> [(len(g["params"]), g["weight_decay"], g["lr"]) for g in groups]
-        [(1, 0.05, 0.0025), (1, 0.0, 0.0025), (2, 0.0, 0.005), (1, 0.05, 0.01), (1, 0.0, 0.01)]
+        >>> tuple((len(g["params"]), g["weight_decay"], g["lr"]) for g in groups)
+        ((1, 0.05, 0.0025), (1, 0.0, 0.0025), (2, 0.0, 0.005), (1, 0.05, 0.01), (1, 0.0, 0.01))
         >>> optimizer = rmsprop.RMSprop(groups, lr=1e-2)
     """
     rules = _as_rules(no_weight_decay)
