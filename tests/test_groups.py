@@ -191,6 +191,8 @@ def test_a_rule_of_the_wrong_kind_is_a_type_error():
         rmsprop.param_groups(Tiny(), no_weight_decay=[3])
     with pytest.raises(TypeError, match="not <class 'int'>"):
         rmsprop.param_groups(Tiny(), no_weight_decay=[int])
+    with pytest.raises(TypeError, match="lr_scale's keys are parameter-name globs"):
+        rmsprop.param_groups(Tiny(), lr_scale={nn.Linear: 2.0})
 
 
 def _train(optimizer: torch.optim.Optimizer, model: nn.Module, steps: int) -> None:

@@ -99,7 +99,8 @@ def param_groups(
             freezing is not a typo); a parameter that two ``lr_scale`` globs give different
             factors; a factor, ``layer_decay``, ``lr`` or ``weight_decay`` out of range; a layer
             id that is not a non-negative integer or a ``layer_id`` dict that lacks a name.
-        TypeError: a ``no_weight_decay`` rule that is neither a string nor a module type.
+        TypeError: a ``no_weight_decay`` rule that is neither a string nor a module type, or an
+            ``lr_scale`` key that is not a string.
 
     Example:
         >>> import torch, rmsprop
@@ -117,6 +118,8 @@ def param_groups(
     if layer_decay is not None:
         _check_number("layer_decay", layer_decay, positive=True)
     for pattern, factor in scales.items():
+        if not isinstance(pattern, str):
+            raise TypeError(f"lr_scale's keys are parameter-name globs, not {pattern!r}")
         _check_number(f"lr_scale[{pattern!r}]", factor, positive=True)
 
     names = _names_by_parameter(model)
