@@ -147,6 +147,7 @@ def knobs(draw, lr: Choice = ((0.01, 1e-3, 0.1, 1.0), (0.0,)),
         maximize=draw(st.booleans()),
         initial_square_avg=draw(st.sampled_from((0.0, 1.0))),
         op_order=draw(st.sampled_from(OP_ORDERS)),
+        caution=mu > 0 and draw(st.booleans()),
     )
 
 

@@ -408,3 +408,28 @@ def test_functional_knobs_are_validated_as_a_groups_are(knob, value, error):
         functional.rmsprop(params, grads, [torch.zeros(3)], [], [torch.zeros(3)], [torch.tensor(0.0)],
                            **knobs)
     assert torch.equal(params[0], before)
+
+
+def test_caution_refuses_a_sharded_parameter_before_anything_changes(tmp_path):
+    """(15) divides by the mean of a mask over the whole tensor, which an FSDP2 rank holding a
+    shard cannot see: refused with the parameter named, nothing written (a single-rank mesh:
+    the placement, not the world size, is what is refused)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)]))
+        p.grad = distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)])
+        opt = rmsprop.RMSprop([p], lr=0.1, momentum=0.9, caution=True)
+        before = p.detach().full_tensor().clone()
+        with pytest.raises(ValueError, match=r"parameter 0 of param group 0 is sharded .*caution=True"):
+            opt.step()
+        assert torch.equal(p.detach().full_tensor(), before) and not opt.state
+        opt.param_groups[0]["caution"] = False
+        opt.step()
+        assert not torch.equal(p.detach().full_tensor(), before)
+    finally:
+        dist.destroy_process_group()

@@ -21,7 +21,7 @@ import torch
 import rmsprop
 from rmsprop.paths import AUTO_FUSED_MIN_NUMEL, choose_path, fused
 
-from cases import every_combination, pairwise_combinations
+from cases import MOMENTUM_MODES, every_combination, pairwise_combinations
 from helpers import clone_params, grad_stream, make_params, needs_fused
 
 STEPS = 12
@@ -100,6 +100,16 @@ def _fused_against_reference(knobs, steps=STEPS, tolerance=FP32_TOLERANCE):
 @pytest.mark.parametrize("name,knobs", pairwise_combinations(), ids=[n for n, _ in pairwise_combinations()])
 def test_fused_equals_reference_fp32_pairwise(name, knobs):
     _fused_against_reference(knobs)
+
+
+@needs_fused
+@pytest.mark.parametrize("momentum", ["momentum", "lr-in-momentum-nesterov"])
+def test_fused_cautious_equals_reference_fp32(momentum):
+    """(15) inside the compiled pass: the per-tensor mean of the mask is a reduction the
+    compiled code does per tensor, like the reference."""
+    _fused_against_reference({**MOMENTUM_MODES[momentum], "lr": 0.01, "alpha": 0.9, "eps": 1e-3,
+                              "caution": True, "maximize": True, "centered": False,
+                              "bias_correction": False, "initial_square_avg": 0.0})
 
 
 @pytest.mark.slow

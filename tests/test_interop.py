@@ -29,11 +29,18 @@ def test_a_timm_state_dict_reads_as_the_timm_preset():
     group = opt.param_groups[0]
     assert group["preset"] == "timm" and group["decoupled_weight_decay"] is True
     assert (group["eps_in_sqrt"], group["initial_square_avg"], group["lr_in_momentum"]) == (True, 1.0, True)
-    assert "decoupled_decay" not in group and "caution" not in group
+    assert "decoupled_decay" not in group and group["caution"] is False
     assert opt.state[p]["step"].dtype == torch.float32 and opt.state[p]["step"].item() == 5
 
 
-@pytest.mark.parametrize("option", ["caution", "corrected_weight_decay"])
+def test_a_timm_state_dict_saved_with_caution_continues_cautious():
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = rmsprop.RMSprop([p])
+    opt.load_state_dict(_timm_layout_state_dict(caution=True))
+    assert opt.param_groups[0]["caution"] is True and opt.param_groups[0]["preset"] == "timm"
+
+
+@pytest.mark.parametrize("option", ["corrected_weight_decay"])
 def test_timm_options_we_do_not_implement_are_refused(option):
     p = torch.nn.Parameter(torch.randn(3))
     opt = rmsprop.RMSprop([p], preset="timm")

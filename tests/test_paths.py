@@ -48,6 +48,29 @@ def test_foreach_equals_reference_float64(momentum_mode, wd_mode):
                 )
 
 
+@pytest.mark.parametrize("momentum_mode", [m for m in MOMENTUM_MODES if m != "no-momentum"])
+def test_cautious_foreach_equals_reference_float64(momentum_mode):
+    """(15) on every momentum form, with the switches that change the step's sign (maximize,
+    centered) and decoupled decay (L2 on a complex parameter rounds apart by path, as in
+    PyTorch: tests/test_hostile.py): foreach is the reference bit for bit in float64, and
+    caution does change the trajectory (the mask is not all ones)."""
+    cases = [(name, kw) for name, kw in _cases_for(momentum_mode, "decoupled")
+             if "order=torch-" not in name][::5]
+    base = make_params(torch.float64, complex_too=True)
+    stream = grad_stream(base, STEPS)
+    for name, knobs in cases:
+        ref_params, fe_params, plain = clone_params(base), clone_params(base), clone_params(base)
+        ref = run(rmsprop.RMSprop, ref_params, stream, {10: 0.003}, foreach=False, caution=True, **knobs)
+        fe = run(rmsprop.RMSprop, fe_params, stream, {10: 0.003}, foreach=True, caution=True, **knobs)
+        run(rmsprop.RMSprop, plain, stream, {10: 0.003}, foreach=False, **knobs)
+        for a, b in zip(ref_params, fe_params):
+            assert torch.equal(a, b), name
+            for key, value in ref.state[a].items():
+                assert torch.equal(fe.state[b][key], value), f"{name} {key}"
+        changed = any(not torch.equal(a, c) for a, c in zip(ref_params, plain))
+        assert changed, f"{name}: caution changed nothing"
+
+
 def test_the_table_covers_every_combination():
     names = {name for name, _ in CASES}
     assert len(names) == len(CASES) == 5 * 3 * 16 * 2 * 3

@@ -37,7 +37,7 @@ KNOB_MODES = ("saved", "current", "strict")
 # `decoupled_decay`: they read as the "timm" preset, with timm's names mapped
 # onto ours. Options of timm's that have no equivalent here are refused.
 _TIMM_RENAMES = {"decoupled_decay": "decoupled_weight_decay"}
-_TIMM_UNSUPPORTED = ("caution", "corrected_weight_decay")
+_TIMM_UNSUPPORTED = ("corrected_weight_decay",)
 _TIMM_INTERNAL = ("max_lr_snapshot",)  # bookkeeping for corrected_weight_decay
 
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Hyper", "NewState", "OP_ORDERS", "rmsprop_update", "bias_correction_factor",
+__all__ = ["Hyper", "NewState", "OP_ORDERS", "rmsprop_update", "cautious", "bias_correction_factor",
            "denominator_can_vanish"]
 
 Scalar = float | Tensor
@@ -66,6 +66,7 @@ class Hyper(NamedTuple):
     decoupled_weight_decay: bool
     bias_correction: bool
     op_order: str
+    caution: bool
 
 
 class NewState(NamedTuple):
@@ -235,11 +236,23 @@ def rmsprop_update(
 
     if hyper.lr_in_momentum:
         b = _addcdiv(momentum_buffer.mul(mu), g, denom, lr)  # (13) b ← μ·b + η·u
-        if hyper.nesterov:
-            return NewState(param - _addcdiv(b.mul(mu), g, denom, lr), v, m, b)  # (14') η·u + μ·b
-        return NewState(param - b, v, m, b)  # (14) θ ← θ − b
+        s = _addcdiv(b.mul(mu), g, denom, lr) if hyper.nesterov else b  # (14') η·u + μ·b, or (14) b
+        if hyper.caution:
+            s = cautious(s, g)  # (15)
+        return NewState(param - s, v, m, b)  # (14) θ ← θ − s
 
     b = momentum_buffer.mul(mu).addcdiv(g, denom)  # (11) b ← μ·b + u
-    if hyper.nesterov:
-        return NewState(_add(param, b.mul(mu).addcdiv(g, denom), -lr), v, m, b)  # (12') u + μ·b
-    return NewState(_add(param, b, -lr), v, m, b)  # (12) θ ← θ − η·b
+    s = b.mul(mu).addcdiv(g, denom) if hyper.nesterov else b  # (12') u + μ·b, or (12) b
+    if hyper.caution:
+        s = cautious(s, g)  # (15)
+    return NewState(_add(param, s, -lr), v, m, b)  # (12) θ ← θ − η·s
+
+
+def cautious(step: Tensor, grad: Tensor) -> Tensor:
+    """(15) The momentum step kept only where it agrees in sign with the
+    gradient, rescaled by the share kept: s ⊙ c/max(mean(c), 10⁻³) with
+    c = [s·g > 0], per tensor (the Cautious Optimizers paper's mask, in
+    timm's ``RMSpropTF(caution=True)`` order of operations). The buffer b
+    itself is stored unmasked."""
+    mask = (step * grad > 0).to(grad.dtype)
+    return step * mask.div(mask.mean().clamp(min=1e-3))

@@ -43,6 +43,7 @@ def rmsprop(
     decoupled_weight_decay: bool = False,
     bias_correction: bool = False,
     op_order: str = "torch",
+    caution: bool = False,
     fused: bool | None = None,
 ) -> None:
     """Apply one RMSProp step in place to ``params`` and their state.
@@ -66,8 +67,8 @@ def rmsprop(
              "momentum": momentum, "centered": centered, "maximize": maximize, "eps_in_sqrt": eps_in_sqrt,
              "lr_in_momentum": lr_in_momentum, "nesterov": nesterov,
              "decoupled_weight_decay": decoupled_weight_decay, "bias_correction": bias_correction,
-             "op_order": op_order, "capturable": capturable, "differentiable": differentiable,
-             "foreach": foreach, "fused": fused}
+             "op_order": op_order, "caution": caution, "capturable": capturable,
+             "differentiable": differentiable, "foreach": foreach, "fused": fused}
     check_group(group, "rmsprop.functional.rmsprop's arguments")  # the class's rules (rmsprop.settings)
     n = len(params)
     lists = {"grads": grads, "square_avgs": square_avgs, "state_steps": state_steps}

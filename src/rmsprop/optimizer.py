@@ -64,6 +64,8 @@ class RMSprop(Optimizer):
              μ > 0, η inside the buffer (lr_in_momentum=True: TF1, Keras, optax, timm):
         (13) b ← μ·b + η·u
         (14) θ ← θ − b                               nesterov (14'): θ ← θ − (η·u + μ·b)
+             caution (μ > 0): the step s that (12)/(14) subtract (b, or the nesterov sum),
+        (15) s ← s ⊙ c/max(mean(c), 10⁻³),  c = [s·g > 0]   per tensor; b is stored unmasked
 
     v starts at ``initial_square_avg``, ḡ and b at 0. Decoupled decay (2) uses
     the θ from before this step; ``maximize`` flips g, never the decay. The
@@ -119,6 +121,11 @@ class RMSprop(Optimizer):
             "torch-1.5" (SB3's ``RMSpropTFLike``) or "tf" (TensorFlow, timm);
             equal in exact arithmetic, each matches its framework's bits
             (:data:`rmsprop.engine.OP_ORDERS`) (default: the preset's; "torch").
+        caution: cautious momentum, (15): step only where the momentum step
+            and the gradient agree in sign, as timm's ``RMSpropTF(caution=True)``
+            and the Cautious Optimizers paper (Liang et al., 2024); nothing
+            changes without momentum. Refused for sharded (FSDP2) parameters,
+            whose per-tensor mean a rank cannot see whole (default: False).
         nonfinite: what a step does when a gradient holds NaN or ±Inf:
             "propagate" (PyTorch's behaviour), "skip" (change nothing, count
             it in ``skipped_steps``) or "raise" (``FloatingPointError``
@@ -202,6 +209,7 @@ class RMSprop(Optimizer):
         decoupled_weight_decay: bool | None = None,
         bias_correction: bool | None = None,
         op_order: str | None = None,
+        caution: bool = False,
         nonfinite: str = "propagate",
         state_precision: str = "param",
         stochastic_rounding: bool = False,
@@ -219,7 +227,8 @@ class RMSprop(Optimizer):
             capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable,
             fused=fused, eps_in_sqrt=eps_in_sqrt, initial_square_avg=initial_square_avg,
             lr_in_momentum=lr_in_momentum, nesterov=nesterov, decoupled_weight_decay=decoupled_weight_decay,
-            bias_correction=bias_correction, op_order=op_order, state_precision=state_precision,
+            bias_correction=bias_correction, op_order=op_order, caution=caution,
+            state_precision=state_precision,
             stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed,
         )
         # Preset knobs the caller passed: they beat any preset, a group's own included.
@@ -542,4 +551,6 @@ def describe(group: dict[str, Any]) -> str:
     else:
         parts.append(f"b ← {mu:g}·b + g/({d})")
         parts.append(f"θ ← θ − lr·(g/({d}) + {mu:g}·b)" if group["nesterov"] else "θ ← θ − lr·b")
+    if mu != 0 and group["caution"]:
+        parts.append("cautious: the step only where it agrees with g in sign, rescaled")
     return f"[{group['preset']}] " + "; ".join(parts)

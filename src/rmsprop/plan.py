@@ -97,6 +97,11 @@ def check_settings(opt: RMSprop, g: int, group: dict[str, Any]) -> _Checked:
     return checked
 
 
+def _sharded(p: Tensor) -> bool:
+    """A DTensor (FSDP2) split across ranks: each holds a part of the tensor."""
+    return any(placement.is_shard() for placement in getattr(p, "placements", ()))
+
+
 def _who(group: dict[str, Any], g: int, j: int) -> str:
     names = group.get("param_names")
     return f"parameter {names[j]!r}" if names else f"parameter {j} of param group {g}"
@@ -134,6 +139,9 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
             reason = storage_refusal(p, precision, rounding)
             if reason is not None:
                 raise ValueError(f"{_who(group, g, j)}: {reason}")
+        if group["caution"] and _sharded(p):
+            raise ValueError(f"{_who(group, g, j)} is sharded ({p.placements}): caution=True needs each "
+                             "tensor whole, since (15) divides by the mean of its mask over the tensor")
         state = all_states.get(p)
         if state:  # every buffer of a state is made at once, or later at the shape square_avg has
             square_avg = state.get("square_avg")

@@ -158,6 +158,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("op_order", "structure", FROM_PRESET, _one_of(*OP_ORDERS), True,
             "(4)-(5): whose rounding, engine.OP_ORDERS"),
     Setting("maximize", "structure", False, _flag, True, "(1)"),
+    Setting("caution", "structure", False, _flag, True, "(15): cautious momentum step"),
     Setting("capturable", "path", False, _flag, True, "step count on the device, tensor lr never read"),
     Setting("foreach", "path", None, _maybe_flag, False, "True: foreach path; False: reference; None: auto"),
     Setting("fused", "path", None, _maybe_flag, False, "True: one compiled pass; None: auto"),

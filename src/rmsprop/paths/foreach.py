@@ -171,9 +171,11 @@ def _step_group(p: TensorList, g: TensorList, v: TensorList, m: TensorList | Non
                 torch._foreach_add_(inc, torch._foreach_mul(torch._foreach_div(g, denom), lr))
             else:
                 torch._foreach_addcdiv_(inc, g, denom, value=lr)
-            torch._foreach_sub_(p, inc)
         else:  # (14) θ ← θ − b
-            torch._foreach_sub_(p, b)
+            inc = b
+        if hyper.caution:
+            inc = _cautious(inc, g)  # (15)
+        torch._foreach_sub_(p, inc)
         return
 
     torch._foreach_addcdiv_(b, g, denom)  # (11) b ← μ·b + u
@@ -182,6 +184,8 @@ def _step_group(p: TensorList, g: TensorList, v: TensorList, m: TensorList | Non
         torch._foreach_addcdiv_(inc, g, denom)
     else:  # (12) θ ← θ − η·b
         inc = b
+    if hyper.caution:
+        inc = _cautious(inc, g)  # (15)
     if isinstance(lr, Tensor):
         torch._foreach_add_(p, torch._foreach_mul(inc, -lr))
     else:
@@ -196,6 +200,15 @@ def _same_dtype(results: TensorList, like: TensorList) -> TensorList:
     if all(r.dtype == x.dtype for r, x in zip(results, like)):
         return results
     return [r.to(x.dtype) for r, x in zip(results, like)]
+
+
+def _cautious(steps: TensorList, g: TensorList) -> TensorList:
+    """(15) s ⊙ c/max(mean(c), 10⁻³), c = [s·g > 0], per tensor: a new list, b untouched."""
+    masks = [(x > 0).to(y.dtype) for x, y in zip(torch._foreach_mul(steps, g), g)]
+    shares = [mask.mean() for mask in masks]
+    torch._foreach_maximum_(shares, 1e-3)
+    torch._foreach_div_(masks, shares)
+    return torch._foreach_mul(steps, masks)
 
 
 _CPU_ONE = torch.tensor(1.0)  # read only
