@@ -13,12 +13,12 @@ import torch
 
 import rmsprop
 from rmsprop import quant
-from rmsprop.engine import Hyper
 from rmsprop.paths import fused_step
 from rmsprop.paths.fused import fused_unavailable_reason
 from rmsprop.paths.grouping import StepTensors
 from rmsprop.plan import new_state
 from rmsprop.precision import get_buffer, load
+from rmsprop.settings import hyper_from, saved_defaults
 
 PATHS = {"reference": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 KNOBS = {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, "momentum": 0.9, "centered": True, "weight_decay": 0.01}
@@ -316,9 +316,7 @@ def test_the_fused_pass_obeys_a_false_finite_flag_on_codes():
                           "momentum": 0.9, "centered": False})
     square, momentum = get_buffer(state, "square_avg"), get_buffer(state, "momentum_buffer")
     saved = [x.clone() for x in (*square, *momentum, p)]
-    hyper = Hyper(lr=0.1, alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.9, centered=False, maximize=False,
-                  eps_in_sqrt=False, lr_in_momentum=False, nesterov=False, decoupled_weight_decay=False,
-                  bias_correction=False, op_order="torch")
+    hyper = hyper_from({**saved_defaults(), "lr": 0.1, "alpha": 0.9, "momentum": 0.9})  # the rest: PyTorch's
     tensors = StepTensors([p], [torch.randn(5000)], [square], [], [momentum], [state["step"]], [0])
     fused_step(tensors, hyper, finite=torch.tensor(False))
     assert all(torch.equal(a, b) for a, b in zip(saved, (*square, *momentum, p)))

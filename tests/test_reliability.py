@@ -21,6 +21,7 @@ import rmsprop
 import rmsprop.finite
 from rmsprop.paths import PATHS
 from rmsprop.paths.grouping import StepTensors
+from rmsprop.settings import hyper_from, saved_defaults
 
 from cases import pairwise_combinations
 from helpers import NoHostReads, clone_params, forbid_host_reads, grad_stream, make_params, needs_fused
@@ -165,9 +166,9 @@ def test_every_path_obeys_a_false_finite_flag(path):
     grads = [torch.randn_like(p) for p in params]
     state = [(torch.rand_like(p), torch.rand_like(p), torch.rand_like(p), torch.tensor(2.0)) for p in params]
     v, m, b, t = ([s[i] for s in state] for i in range(4))
-    hyper = rmsprop.engine.Hyper(lr=0.1, alpha=0.9, eps=1e-3, weight_decay=0.1, momentum=0.9, centered=True,
-                                 maximize=False, eps_in_sqrt=False, lr_in_momentum=False, nesterov=False,
-                                 decoupled_weight_decay=False, bias_correction=True, op_order="torch")
+    # every other setting as the table's defaults read (PyTorch's semantics)
+    hyper = hyper_from({**saved_defaults(), "lr": 0.1, "alpha": 0.9, "eps": 1e-3, "weight_decay": 0.1,
+                        "momentum": 0.9, "centered": True, "bias_correction": True})
     before = [x.clone() for x in (*params, *v, *m, *b, *t)]
     tensors = StepTensors(params, grads, v, m, b, t, list(range(len(params))))
     PATHS[path](tensors, hyper, finite=torch.tensor(False))
