@@ -100,7 +100,7 @@ def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence
                 grad_avgs: Sequence[Buffer], momentum_buffers: Sequence[Buffer], steps: list[Tensor],
                 idents: tuple[int, ...], hyper: Hyper, compute: torch.dtype, finite: Tensor | None,
                 rounding_seed: int | None) -> None:
-    """The traced body: (1)…(14) for every tensor at ``compute`` precision,
+    """The traced body: (1)…(15) for every tensor at ``compute`` precision,
     written back in place (Inductor fuses the casts into the one pass). With
     a ``finite`` flag, each write keeps the old value where the flag is False:
     a select in the same pass, never a host sync."""
