@@ -31,8 +31,10 @@ def seed_oracle(lr_schedule, gamma=0.9, eps=1e-8):
     return theta
 
 
-def torch_oracle(lr_schedule, alpha=0.99, eps=1e-8, momentum=0.0, centered=False, weight_decay=0.0):
-    theta, v, gav, buf = list(THETA0), [0.0] * 3, [0.0] * 3, [0.0] * 3
+def torch_oracle(lr_schedule, alpha=0.99, eps=1e-8, momentum=0.0, centered=False, weight_decay=0.0,
+                 v0=0.0, eps_inside=False):
+    """PyTorch's loop; ``v0`` and ``eps_inside`` are SB3's two changes to it (sb3_oracle)."""
+    theta, v, gav, buf = list(THETA0), [v0] * 3, [0.0] * 3, [0.0] * 3
     for lr, grads in zip(lr_schedule, GRADS):
         for i in range(3):
             g = grads[i] + weight_decay * theta[i]
@@ -41,7 +43,7 @@ def torch_oracle(lr_schedule, alpha=0.99, eps=1e-8, momentum=0.0, centered=False
             if centered:
                 gav[i] = alpha * gav[i] + (1 - alpha) * g
                 var -= gav[i] ** 2
-            denom = math.sqrt(var) + eps
+            denom = math.sqrt(var + eps) if eps_inside else math.sqrt(var) + eps
             if momentum > 0:
                 buf[i] = momentum * buf[i] + g / denom
                 theta[i] -= lr * buf[i]
@@ -131,24 +133,9 @@ def timm_oracle(lr_schedule, alpha=0.9, eps=1e-10, momentum=0.0, weight_decay=0.
     return theta
 
 
-def sb3_oracle(lr_schedule, alpha=0.99, eps=1e-8, momentum=0.0, centered=False, weight_decay=0.0):
+def sb3_oracle(lr_schedule, **kwargs):
     """SB3's RMSpropTFLike: PyTorch 1.5's loop with ε inside the root and v starting at 1."""
-    theta, v, gav, buf = list(THETA0), [1.0] * 3, [0.0] * 3, [0.0] * 3
-    for lr, grads in zip(lr_schedule, GRADS):
-        for i in range(3):
-            g = grads[i] + weight_decay * theta[i]
-            v[i] = alpha * v[i] + (1 - alpha) * g * g
-            var = v[i]
-            if centered:
-                gav[i] = alpha * gav[i] + (1 - alpha) * g
-                var -= gav[i] ** 2
-            denom = math.sqrt(var + eps)
-            if momentum > 0:
-                buf[i] = momentum * buf[i] + g / denom
-                theta[i] -= lr * buf[i]
-            else:
-                theta[i] -= lr * g / denom
-    return theta
+    return torch_oracle(lr_schedule, v0=1.0, eps_inside=True, **kwargs)
 
 
 def dqn_oracle(lr_schedule):

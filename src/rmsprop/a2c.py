@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from .integrations.sb3 import A2C_EPS
 from .optimizer import RMSprop
 
 __all__ = ["ALPHA", "EPS", "ENV_ID", "FORMS", "Form", "LR", "N_STEPS", "evaluate", "make_model",
@@ -52,7 +53,7 @@ __all__ = ["ALPHA", "EPS", "ENV_ID", "FORMS", "Form", "LR", "N_STEPS", "evaluate
 ENV_ID = "CartPole-v1"
 LR = 7e-4  # A2C's default learning rate
 ALPHA = 0.99  # A2C's RMSProp alpha
-EPS = 1e-5  # A2C's rms_prop_eps
+EPS = A2C_EPS  # A2C's rms_prop_eps
 N_STEPS = 5  # A2C's default rollout length: one update per 5 environment steps
 EVAL_SEED_OFFSET = 1_000_000  # the evaluation environment's seed is this plus the run's seed
 
