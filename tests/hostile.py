@@ -148,6 +148,11 @@ def knobs(draw, lr: Choice = ((0.01, 1e-3, 0.1, 1.0), (0.0,)),
         initial_square_avg=draw(st.sampled_from((0.0, 1.0))),
         op_order=draw(st.sampled_from(OP_ORDERS)),
         caution=mu > 0 and draw(st.booleans()),
+        agc_clip=draw(mostly((0.0, 0.01), (1e-30,))),
+        max_grad_norm=draw(mostly((None, 1.0), (1e-30,))),
+        ema_decay=draw(mostly((0.0, 0.9), (0.999999,))),
+        ema_every=draw(st.sampled_from((1, 3))),
+        ema_warmup=draw(st.booleans()),
     )
 
 
@@ -181,7 +186,7 @@ def beyond(t: torch.Tensor | None, limit: float) -> bool:
 
 
 
-_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer", "step")
+_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer", "ema", "step")
 
 
 class Trial:

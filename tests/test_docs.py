@@ -150,17 +150,17 @@ def test_the_readme_is_a_landing_page():
 
 
 def _formula(text: str) -> str:
-    """The numbered lines (1)…(15): from the first line starting "(1)" to the first starting "(15)"."""
+    """The numbered lines (0)…(16): from the first line starting "(0)" to the first starting "(16)"."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("(1) "))
-    end = next(i for i, line in enumerate(lines) if line.lstrip().startswith("(15)"))
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("(0) "))
+    end = next(i for i, line in enumerate(lines) if line.lstrip().startswith("(16)"))
     return textwrap.dedent("\n".join(lines[start:end + 1]))
 
 
 def test_the_update_rule_page_carries_the_class_docstrings_formula():
     page = (DOCS / "update.md").read_text()
     assert _formula(page) == _formula(rmsprop.RMSprop.__doc__)
-    assert len(_formula(page).splitlines()) == 20  # all of (1)…(15), not a fragment
+    assert len(_formula(page).splitlines()) == 24  # all of (0)…(16), not a fragment
 
 
 def _lists_glued_to_a_paragraph(markdown: str) -> list[str]:

@@ -204,7 +204,8 @@ def test_the_rule_for_d_equal_to_zero_touches_nothing_else(dtype, foreach):
 FUSED_SHAPES = (((3, 4), "contiguous"), ((4, 3), "transposed"), ((2, 3, 4), "sliced"),
                 ((2, 3, 4, 5), "channels_last"), ((), "contiguous"), ((0, 3), "contiguous"))
 _OFF = dict(centered=False, eps_in_sqrt=False, lr_in_momentum=False, nesterov=False,
-            decoupled_weight_decay=False, bias_correction=False, maximize=False)
+            decoupled_weight_decay=False, bias_correction=False, maximize=False,
+            agc_clip=0.0, max_grad_norm=None, ema_decay=0.0)  # (0), (0'), (16): outside the error model
 FUSED_STRUCTURES = {  # each switch fixed; λ and μ are nonzero unless set to 0 here
     "torch-like": {**_OFF, "centered": True, "maximize": True},
     "tf1-like": {**_OFF, "eps_in_sqrt": True, "lr_in_momentum": True, "nesterov": True,

@@ -144,7 +144,8 @@ def test_signature_is_torchs():
     assert positional == list(theirs)
     extra = [n for n, p in ours.items() if p.kind is p.KEYWORD_ONLY]
     assert extra == ["fused", "preset", "eps_in_sqrt", "initial_square_avg", "lr_in_momentum", "nesterov",
-                     "decoupled_weight_decay", "bias_correction", "op_order", "caution", "nonfinite",
+                     "decoupled_weight_decay", "bias_correction", "op_order", "caution", "agc_clip",
+                     "max_grad_norm", "ema_decay", "ema_every", "ema_warmup", "nonfinite",
                      "state_precision", "stochastic_rounding", "rounding_seed"]
 
 

@@ -17,10 +17,13 @@ What it cannot honour, and how each is refused:
   RuntimeError while attached (the parameters were already stepped).
 - ``nonfinite="skip"`` or ``"raise"``: refused when attaching, and setting
   it while attached (deciding on all gradients together needs them all at once).
-- Gradient accumulation over several backward calls, and global-norm
-  clipping: every backward call is one step, and after it no gradient is
-  left to clip or to add to. Nothing can detect these from inside the
-  optimizer; do not combine them with this mode.
+- ``max_grad_norm=`` (global-norm clipping, line (0)): refused when
+  attaching, and setting it while attached; ``agc_clip=`` (per tensor)
+  works here.
+- Gradient accumulation over several backward calls, and clipping with
+  ``clip_grad_norm_`` outside the optimizer: every backward call is one
+  step, and after it no gradient is left to clip or to add to. Nothing can
+  detect these from inside the optimizer; do not combine them with this mode.
 
 LR schedulers and ``state_dict`` / ``load_state_dict`` work as usual; the
 optimizer's step hooks do not run (there is no ``step()`` call).
@@ -33,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .optimizer import RMSprop
+from .optimizer import _NO_GLOBAL_CLIP_IN_BACKWARD, RMSprop
 from .plan import plan_group, run_group
 
 __all__ = ["step_in_backward", "BackwardStepHandle"]
@@ -110,6 +113,8 @@ def step_in_backward(optimizer: RMSprop) -> BackwardStepHandle:
             f"step_in_backward cannot honour nonfinite={optimizer.nonfinite!r}: it updates each parameter "
             "as its gradient completes, so no decision can wait for all the gradients"
         )
+    if optimizer.max_grad_norm is not None:
+        raise ValueError(_NO_GLOBAL_CLIP_IN_BACKWARD)
     if any(group["differentiable"] for group in optimizer.param_groups):
         raise ValueError("step_in_backward cannot run differentiable=True groups "
                          "(the step runs inside backward)")

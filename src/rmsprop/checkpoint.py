@@ -33,6 +33,8 @@ LAYOUT_VERSION = 1
 
 KNOB_MODES = ("saved", "current", "strict")
 
+_WIDE = frozenset(spec.key for spec in BUFFERS if spec.wide)
+
 # Param groups written by timm's RMSpropTF, recognised by its own key
 # `decoupled_decay`: they read as the "timm" preset, with timm's names mapped
 # onto ours. Options of timm's that have no equivalent here are refused.
@@ -147,8 +149,10 @@ def settle(groups: list[dict[str, Any]], state: dict[Tensor, dict[str, Any]],
     for group in groups:
         for p in group["params"]:
             saved = raw.get(p, {})
+            # (PyTorch's loader cast every buffer to the parameter's dtype: a
+            # wide one, or 8-bit codes, come from the file again.)
             if p in state and (group["state_precision"] != "param"
-                               or any(k.endswith(quant.CODES) for k in saved)):
+                               or any(k.endswith(quant.CODES) or k in _WIDE for k in saved)):
                 restore_(state[p], p, group["state_precision"], saved)
 
 

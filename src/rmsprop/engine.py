@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Hyper", "NewState", "OP_ORDERS", "rmsprop_update", "cautious", "bias_correction_factor",
-           "denominator_can_vanish"]
+           "denominator_can_vanish", "clip_adaptive", "ema_weight", "average", "AGC_EPS", "CLIP_EPS"]
 
 Scalar = float | Tensor
 
@@ -67,6 +67,10 @@ class Hyper(NamedTuple):
     bias_correction: bool
     op_order: str
     caution: bool
+    agc_clip: Scalar
+    ema_decay: Scalar
+    ema_every: int
+    ema_warmup: bool
 
 
 class NewState(NamedTuple):
@@ -76,6 +80,7 @@ class NewState(NamedTuple):
     square_avg: Tensor
     grad_avg: Tensor | None
     momentum_buffer: Tensor | None
+    ema: Tensor | None = None
 
 
 def bias_correction_factor(alpha: Scalar, step: Tensor, like: Tensor) -> Tensor:
@@ -158,6 +163,8 @@ def rmsprop_update(
     momentum_buffer: Tensor | None,
     step: Tensor,
     hyper: Hyper,
+    ema: Tensor | None = None,
+    grad_scale: Tensor | None = None,
 ) -> NewState:
     """One RMSProp step for one tensor, out of place.
 
@@ -172,10 +179,33 @@ def rmsprop_update(
         momentum_buffer: b (used when ``hyper.momentum > 0``).
         step: t, the step count *after* this step (used by bias correction).
         hyper: the group's knobs.
+        ema: e, the average of the weights (used when ``hyper.ema_decay > 0``).
+        grad_scale: line (0)'s factor min(1, c/(‖g‖ + 10⁻⁶)), a 0-d tensor
+            computed over every gradient of the step (``max_grad_norm``), or None.
 
     Returns:
-        The new θ, v, ḡ and b; ḡ and b are ``None`` when the knobs do not use them.
+        The new θ, v, ḡ, b and e; ḡ, b and e are ``None`` when the knobs do not use them.
     """
+    if grad_scale is not None:
+        grad = grad.mul(grad_scale)  # (0) g ← g·min(1, c/(‖g‖ + 10⁻⁶)), as clip_grad_norm_ scales it
+    if not _is_zero(hyper.agc_clip):
+        grad = clip_adaptive(grad, param, hyper.agc_clip)  # (0')
+    new = _update(param, grad, square_avg, grad_avg, momentum_buffer, step, hyper)
+    if ema is None:
+        return new
+    return new._replace(ema=average(ema, new.param, ema_weight(hyper, step)))  # (16)
+
+
+def _update(
+    param: Tensor,
+    grad: Tensor,
+    square_avg: Tensor,
+    grad_avg: Tensor | None,
+    momentum_buffer: Tensor | None,
+    step: Tensor,
+    hyper: Hyper,
+) -> NewState:
+    """Lines (1)…(15) of :func:`rmsprop_update`."""
     lr, alpha, eps, wd, mu = hyper.lr, hyper.alpha, hyper.eps, hyper.weight_decay, hyper.momentum
 
     g = grad.neg() if hyper.maximize else grad  # (1)
@@ -185,7 +215,7 @@ def rmsprop_update(
         else:
             g = _add(g, param, wd)  # (3) g ← g + λ·θ
     if param.is_complex():
-        new = rmsprop_update(torch.view_as_real(param), torch.view_as_real(g), torch.view_as_real(square_avg),
+        new = _update(torch.view_as_real(param), torch.view_as_real(g), torch.view_as_real(square_avg),
                              _real(grad_avg), _real(momentum_buffer),
                              step, hyper._replace(maximize=False, weight_decay=0.0))
         return NewState(torch.view_as_complex(new.param), torch.view_as_complex(new.square_avg),
@@ -256,3 +286,65 @@ def cautious(step: Tensor, grad: Tensor) -> Tensor:
     itself is stored unmasked."""
     mask = (step * grad > 0).to(grad.dtype)
     return step * mask.div(mask.mean().clamp(min=1e-3))
+
+
+#: timm's and the NFNet paper's floor under a unit's weight norm in (0'), and
+#: PyTorch's ``clip_grad_norm_`` term beside the norm in (0).
+AGC_EPS = 1e-3
+CLIP_EPS = 1e-6
+
+
+def _unit_norms(x: Tensor, real_view: bool) -> Tensor:
+    """The L2 norm of each unit of ``x``: of each slice along dim 0 (an output
+    row of a weight), or of the whole tensor when it has at most one dim.
+    ``real_view``: ``x`` is a complex tensor's real view, whose last dim
+    (real, imaginary) belongs to every element."""
+    dims = x.dim() - real_view
+    if dims <= 1:
+        return torch.linalg.vector_norm(x)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True)
+
+
+def clip_adaptive(grad: Tensor, param: Tensor, factor: Scalar, real_view: bool = False) -> Tensor:
+    """(0') Adaptive gradient clipping (Brock et al., 2021, NFNets), per unit:
+    where ‖g‖ ≥ κ·max(‖θ‖, 10⁻³), g ← g·κ·max(‖θ‖, 10⁻³)/max(‖g‖, 10⁻⁶); in
+    the order of operations of timm's ``adaptive_clip_grad``."""
+    limit = _unit_norms(param, real_view).clamp(min=AGC_EPS).mul(factor)
+    norm = _unit_norms(grad, real_view)
+    return torch.where(norm < limit, grad, grad * (limit / norm.clamp(min=CLIP_EPS)))
+
+
+def ema_weight(hyper: Hyper, step: Tensor) -> Scalar:
+    """(16)'s weight w at step t: 1 at the first step (the average starts from
+    the weights after it), 1 − δₙ at the n-th averaging step (every
+    ``ema_every``-th, counting the first as n = 1) and 0 in between; with
+    ``ema_warmup``, δₙ = min(δ, 1 − n^(−2/3)) (timm's ``ModelEmaV3`` warm-up
+    with γ = 1, p = 2/3), else δ.
+
+    A Python number when the step count is on the CPU (reading it is free),
+    else a 0-d float64 tensor computed on its device (no host read)."""
+    k, decay = hyper.ema_every, hyper.ema_decay
+    if step.is_cpu and not torch.compiler.is_compiling() and not isinstance(decay, Tensor):
+        t = int(step)
+        if (t - 1) % k:
+            return 0.0
+        n = (t - 1) // k + 1
+        if n == 1:
+            return 1.0
+        return 1.0 - (min(decay, 1.0 - n ** (-2 / 3)) if hyper.ema_warmup else decay)
+    since = step.to(torch.float64).reshape(()) - 1  # t − 1
+    count = torch.div(since, k, rounding_mode="floor") + 1  # n
+    delta = torch.as_tensor(decay, dtype=torch.float64, device=since.device)
+    if hyper.ema_warmup:
+        delta = torch.minimum(delta, 1 - count.pow(-2 / 3))
+    weight = torch.where(count == 1, 1.0, 1 - delta)
+    return torch.where(torch.remainder(since, k) == 0, weight, 0.0)
+
+
+def average(ema: Tensor, param: Tensor, weight: Scalar) -> Tensor:
+    """(16) e ← e + w·(θ − e), with PyTorch's lerp (as timm's ``ModelEmaV3``)."""
+    if isinstance(weight, Tensor):  # between averaging steps e stays as it is, whatever θ holds
+        return torch.where(weight == 0, ema, torch.lerp(ema, param.to(ema.dtype), weight.to(ema.dtype)))
+    if weight == 0:
+        return ema
+    return torch.lerp(ema, param.to(ema.dtype), weight)

@@ -10,15 +10,25 @@
 
 The check reads every gradient once more (a sum per tensor), before any
 update starts.
+
+The same read serves global-norm clipping (``RMSprop(..., max_grad_norm=)``,
+line (0)): with it on, the read computes each gradient's L2 norm instead of
+its sum, as ``torch.nn.utils.clip_grad_norm_`` does (a non-finite element
+makes the norm non-finite too), so clipping and ``nonfinite="skip"`` together
+read the gradients once, not twice. The factor min(1, c/(‖g‖ + 10⁻⁶)) stays
+on the device; the paths multiply each gradient by it inside the update.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
+
+from .engine import CLIP_EPS
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -26,7 +36,7 @@ if TYPE_CHECKING:
     from .optimizer import RMSprop
     from .plan import GroupPlan
 
-__all__ = ["POLICIES", "finite_flags", "check_policy", "verdict"]
+__all__ = ["POLICIES", "finite_flags", "grad_norms", "check_policy", "check_max_norm", "verdict"]
 
 POLICIES = ("propagate", "skip", "raise")
 
@@ -36,20 +46,50 @@ def check_policy(nonfinite: object) -> None:
         raise ValueError(f"Invalid nonfinite value: {nonfinite!r} (one of {', '.join(map(repr, POLICIES))})")
 
 
-def verdict(opt: RMSprop, plans: list[GroupPlan]) -> bool | Tensor:
-    """Apply the optimizer's policy to a planned step, before anything changes.
+def check_max_norm(value: object) -> None:
+    """``max_grad_norm``: None (off) or a positive finite real number."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"max_grad_norm must be a real number or None, not {type(value).__name__} {value!r}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"Invalid max_grad_norm value: {value} (must be > 0 and finite, or None)")
 
-    Returns True (go on), False (skip this step; counted in every group) or,
-    where the gradients live on an accelerator and the policy is "skip", a
-    0-d bool tensor that the paths obey without a host sync (its count is
+
+def verdict(opt: RMSprop, plans: list[GroupPlan]) -> tuple[bool | Tensor, Tensor | None]:
+    """Apply the optimizer's policy to a planned step, before anything
+    changes, and compute line (0)'s clipping factor: one read of the gradients.
+
+    Returns the decision and the factor (None without ``max_grad_norm``). The
+    decision is True (go on), False (skip this step; counted in every group)
+    or, where the gradients live on an accelerator and the policy is "skip",
+    a 0-d bool tensor that the paths obey without a host sync (its count is
     added to ``opt._pending_skips``). Raises FloatingPointError for "raise".
+    The global norm is kept, on the device, as ``opt.grad_norm``.
     """
-    if opt.nonfinite == "propagate":
-        return True
+    clip = opt.max_grad_norm
+    if opt.nonfinite == "propagate" and clip is None:
+        return True, None
     grads = [grad for plan in plans for grad in plan.grads]
     if not grads:
-        return True
-    flags = finite_flags(grads)
+        return True, None
+    scale = None
+    if clip is None:
+        flags = finite_flags(grads)
+    else:
+        norms = grad_norms(grads)
+        total = torch.linalg.vector_norm(norms)
+        opt._grad_norm = total
+        scale = (clip / (total + CLIP_EPS)).clamp(max=1.0)  # (0), as clip_grad_norm_ computes it
+        if opt.nonfinite == "propagate":
+            return True, scale
+        flags = norms.isfinite()
+        if not any(hasattr(t, "device_mesh") for t in grads):  # (sharded: every rank must agree)
+            flags = _recheck(flags, grads)
+    return _decide(opt, plans, flags), scale
+
+
+def _decide(opt: RMSprop, plans: list[GroupPlan], flags: Tensor) -> bool | Tensor:
     if opt.nonfinite == "raise":
         if not bool(flags.all()):
             from .plan import who
@@ -76,6 +116,42 @@ def verdict(opt: RMSprop, plans: list[GroupPlan]) -> bool | Tensor:
     skipped = (~finite).to(torch.int64)
     opt._pending_skips = skipped if opt._pending_skips is None else opt._pending_skips + skipped
     return finite
+
+
+def _local(t: Tensor) -> Tensor:
+    return cast("DTensor", t).to_local() if hasattr(t, "device_mesh") else t
+
+
+def grad_norms(tensors: Sequence[Tensor]) -> Tensor:
+    """Each tensor's L2 norm, stacked on the first tensor's device, computed
+    as ``torch.nn.utils.clip_grad_norm_`` computes them (``_foreach_norm``
+    where the device has multi-tensor kernels, else one norm per tensor). For
+    sharded tensors (DTensor: FSDP2) each rank takes its shards' norms and
+    their squares are summed over the mesh (one all-reduce)."""
+    from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
+
+    home = tensors[0].device
+    local = [_local(t) for t in tensors]
+    if local[0].device.type in _get_foreach_kernels_supported_devices() and all(
+            t.device == local[0].device and t.dtype == local[0].dtype for t in local):
+        norms = list(torch._foreach_norm(local, 2.0))
+    else:
+        norms = [torch.linalg.vector_norm(t, 2.0) for t in local]
+    stacked = torch.stack([n.to(home, non_blocking=True) for n in norms])
+    sharded = [i for i, t in enumerate(tensors) if any(p.is_shard() for p in getattr(t, "placements", ()))]
+    if sharded:
+        import torch.distributed as dist
+
+        meshes = {id(cast("DTensor", tensors[i]).device_mesh): cast("DTensor", tensors[i]).device_mesh
+                  for i in sharded}
+        if len(meshes) != 1 or next(iter(meshes.values())).ndim != 1:
+            raise ValueError("max_grad_norm supports sharded parameters on one 1-D device mesh (FSDP2)")
+        mesh = next(iter(meshes.values()))
+        index = torch.tensor(sharded, device=stacked.device)
+        squares = stacked.index_select(0, index).double().square()
+        dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=mesh.get_group(0))
+        stacked = stacked.index_copy(0, index, squares.sqrt().to(stacked.dtype))
+    return stacked
 
 
 def finite_flags(tensors: Sequence[Tensor]) -> Tensor:
@@ -108,7 +184,12 @@ def _local_flags(tensors: Sequence[Tensor]) -> Tensor:
     home = tensors[0].device
     sums = [t.sum(dtype=torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.sum()
             for t in tensors]
-    flags = torch.stack([s.to(home, non_blocking=True) for s in sums]).isfinite()
-    if home.type == "cpu" and not bool(flags.all()):
+    return _recheck(torch.stack([s.to(home, non_blocking=True) for s in sums]).isfinite(), tensors)
+
+
+def _recheck(flags: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+    """The flags, with a tensor whose sum or norm overflowed (finite
+    elements, a total past the dtype's range) re-checked exactly on CPU."""
+    if flags.is_cpu and not bool(flags.all()):
         flags = torch.tensor([bool(ok) or not bool(t.mul(0).sum().isnan()) for ok, t in zip(flags, tensors)])
     return flags

@@ -44,6 +44,7 @@ def rmsprop(
     bias_correction: bool = False,
     op_order: str = "torch",
     caution: bool = False,
+    agc_clip: float = 0.0,
     fused: bool | None = None,
 ) -> None:
     """Apply one RMSProp step in place to ``params`` and their state.
@@ -67,7 +68,7 @@ def rmsprop(
              "momentum": momentum, "centered": centered, "maximize": maximize, "eps_in_sqrt": eps_in_sqrt,
              "lr_in_momentum": lr_in_momentum, "nesterov": nesterov,
              "decoupled_weight_decay": decoupled_weight_decay, "bias_correction": bias_correction,
-             "op_order": op_order, "caution": caution, "capturable": capturable,
+             "op_order": op_order, "caution": caution, "agc_clip": agc_clip, "capturable": capturable,
              "differentiable": differentiable, "foreach": foreach, "fused": fused}
     check_group(group, "rmsprop.functional.rmsprop's arguments")  # the class's rules (rmsprop.settings)
     n = len(params)
@@ -86,20 +87,23 @@ def rmsprop(
 
 
 def apply(t: StepTensors, hyper: Hyper, *, path: str, differentiable: bool = False,
-          finite: Tensor | None = None, rounding_seed: int | None = None) -> None:
+          finite: Tensor | None = None, rounding_seed: int | None = None,
+          grad_scale: Tensor | None = None) -> None:
     """Run path ``path`` (as :func:`rmsprop.paths.choose_path` picked it) on these tensors.
 
     Everything that can fail was decided before: a path raises no user error.
     ``finite``: a 0-d bool tensor; where it is False the step changes nothing
     (the fused path obeys it on the device, the others read it on the host).
     ``rounding_seed``: write bfloat16 parameters updated at a wider precision
-    back with stochastic rounding drawn from this seed (rmsprop.precision)."""
+    back with stochastic rounding drawn from this seed (rmsprop.precision).
+    ``grad_scale``: line (0)'s factor, a 0-d tensor (``max_grad_norm``)."""
     if t.params and type(t.params[0]) not in _PLAIN and not differentiable:
         # DTensor parameters (FSDP2): the update is elementwise, so every path
         # runs on each rank's local shards, in place, without gathering.
         t = t._replace(**{name: local_tensors(getattr(t, name), differentiable)
-                          for name in ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers")})
-    PATHS[path](t, hyper, finite=finite, rounding_seed=rounding_seed)
+                          for name in ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers",
+                                       "emas")})
+    PATHS[path](t, hyper, finite=finite, rounding_seed=rounding_seed, grad_scale=grad_scale)
 
 
 _PLAIN = (Tensor, Parameter)

@@ -9,8 +9,9 @@ loading state dicts (:mod:`rmsprop.checkpoint`) and the state's storage
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from torch.optim.optimizer import (
 )
 
 from .checkpoint import KNOB_MODES, LAYOUT_VERSION, check_layout, settle
-from .finite import check_policy, verdict
+from .finite import check_max_norm, check_policy, grad_norms, verdict
 from .plan import GroupPlan, check_settings, new_state, plan_group, run_group
 from .precision import storage_refusal
 from .presets import KNOBS, get_preset
@@ -46,6 +47,8 @@ class RMSprop(Optimizer):
     α = ``alpha``, ε = ``eps``, λ = ``weight_decay``, μ = ``momentum``. Every
     path marks its code with these numbers::
 
+        (0)  g ← g·min(1, c/(‖G‖ + 10⁻⁶))             if max_grad_norm = c; ‖G‖ over every gradient
+        (0') g ← g·min(1, κ·max(‖θ‖, 10⁻³)/max(‖g‖, 10⁻⁶))   per unit, if agc_clip = κ > 0
         (1)  g ← −g                                  if maximize
         (2)  θ ← θ·(1 − η·λ)                         if λ ≠ 0 and decoupled_weight_decay
         (3)  g ← g + λ·θ                             if λ ≠ 0 and not decoupled_weight_decay
@@ -66,6 +69,13 @@ class RMSprop(Optimizer):
         (14) θ ← θ − b                               nesterov (14'): θ ← θ − (η·u + μ·b)
              caution (μ > 0): the step s that (12)/(14) subtract (b, or the nesterov sum),
         (15) s ← s ⊙ c/max(mean(c), 10⁻³),  c = [s·g > 0]   per tensor; b is stored unmasked
+             ema_decay = δ > 0: the weights' average e, after the update,
+        (16) e ← e + w·(θ − e),  w = 1 at t = 1, 1 − δ every ema_every-th step, else 0
+
+    In (0') a unit is a slice along dim 0 (a weight's output row), or the
+    whole tensor when it has at most one dim; (0') applies where ‖g‖ ≥ the
+    limit. In (16), with ``ema_warmup``, the n-th averaging step uses
+    δₙ = min(δ, 1 − n^(−2/3)) instead of δ.
 
     v starts at ``initial_square_avg``, ḡ and b at 0. Decoupled decay (2) uses
     the θ from before this step; ``maximize`` flips g, never the decay. The
@@ -126,6 +136,28 @@ class RMSprop(Optimizer):
             and the Cautious Optimizers paper (Liang et al., 2024); nothing
             changes without momentum. Refused for sharded (FSDP2) parameters,
             whose per-tensor mean a rank cannot see whole (default: False).
+        agc_clip: κ of adaptive gradient clipping, (0'): each unit's gradient
+            is scaled down to at most κ times its weights' norm, as NFNets
+            (Brock et al., 2021) and timm's ``adaptive_clip_grad``; per
+            group, works with ``step_in_backward`` (default: 0, off).
+        max_grad_norm: c of global-norm clipping, (0): the gradients of a
+            step are scaled as ``torch.nn.utils.clip_grad_norm_(params, c)``
+            scales them, inside the step and in the same read of the
+            gradients as the ``nonfinite`` check; the gradients themselves
+            are left as they are. The norm is kept as ``grad_norm``, a
+            device tensor. Optimizer-wide; refused with ``step_in_backward``
+            (default: None, off).
+        ema_decay: δ of an exponential moving average of the weights, (16),
+            kept in the state (``"ema"``, float32 or wider whatever
+            ``state_precision``) and updated in the same pass as the weights;
+            it starts from the weights after the first step, as Keras's
+            ``use_ema`` and timm's ``ModelEmaV3`` (given the step). Use it
+            through :meth:`ema_weights` and :meth:`copy_ema_to`; per group
+            (default: 0, off).
+        ema_every: average every this many steps (steps 1, 1 + k, 1 + 2k, …)
+            (default: 1).
+        ema_warmup: warm δ up as timm's ``ModelEmaV3(use_warmup=True)``
+            with its defaults (γ = 1, p = 2/3) (default: False).
         nonfinite: what a step does when a gradient holds NaN or ±Inf:
             "propagate" (PyTorch's behaviour), "skip" (change nothing, count
             it in ``skipped_steps``) or "raise" (``FloatingPointError``
@@ -210,13 +242,21 @@ class RMSprop(Optimizer):
         bias_correction: bool | None = None,
         op_order: str | None = None,
         caution: bool = False,
+        agc_clip: float = 0.0,
+        max_grad_norm: float | None = None,
+        ema_decay: float = 0.0,
+        ema_every: int = 1,
+        ema_warmup: bool = False,
         nonfinite: str = "propagate",
         state_precision: str = "param",
         stochastic_rounding: bool = False,
         rounding_seed: int = 0,
     ) -> None:
         check_policy(nonfinite)
+        check_max_norm(max_grad_norm)
         self._nonfinite = nonfinite
+        self._max_grad_norm = max_grad_norm
+        self._grad_norm: Tensor | None = None
         self._pending_skips: Tensor | None = None
         self._backward_handle: Any = None  # set by rmsprop.step_in_backward
         self._checked: dict[int, Any] = {}  # id(group) -> what its last check found (rmsprop.plan)
@@ -227,8 +267,8 @@ class RMSprop(Optimizer):
             capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable,
             fused=fused, eps_in_sqrt=eps_in_sqrt, initial_square_avg=initial_square_avg,
             lr_in_momentum=lr_in_momentum, nesterov=nesterov, decoupled_weight_decay=decoupled_weight_decay,
-            bias_correction=bias_correction, op_order=op_order, caution=caution,
-            state_precision=state_precision,
+            bias_correction=bias_correction, op_order=op_order, caution=caution, agc_clip=agc_clip,
+            ema_decay=ema_decay, ema_every=ema_every, ema_warmup=ema_warmup, state_precision=state_precision,
             stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed,
         )
         # Preset knobs the caller passed: they beat any preset, a group's own included.
@@ -253,6 +293,27 @@ class RMSprop(Optimizer):
                              "updates each parameter as its gradient completes, so no decision can wait for "
                              "all the gradients")
         self._nonfinite = value
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        """Line (0)'s c: every step scales the gradients by min(1, c/(‖g‖ + 10⁻⁶)),
+        ‖g‖ the L2 norm over every gradient of the step, as
+        ``torch.nn.utils.clip_grad_norm_`` (None: off); optimizer-wide, checked when set."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value: float | None) -> None:
+        check_max_norm(value)
+        if value is not None and self._backward_handle is not None:
+            raise ValueError(_NO_GLOBAL_CLIP_IN_BACKWARD)
+        self._max_grad_norm = value
+
+    @property
+    def grad_norm(self) -> Tensor | None:
+        """The global gradient norm of the last step, before clipping, as a 0-d
+        tensor on the gradients' device (never read back to the host); None
+        before the first step with ``max_grad_norm`` set."""
+        return self._grad_norm
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its missing knobs come from the explicit
@@ -345,7 +406,7 @@ class RMSprop(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         self._settle_skips()
         return {**super().__getstate__(), "_explicit": self._explicit, "nonfinite": self.nonfinite,
-                "_shared": self._shared}
+                "_shared": self._shared, "max_grad_norm": self.max_grad_norm}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Everything is checked before anything is set: load_state_dict calls
@@ -357,12 +418,16 @@ class RMSprop(Optimizer):
             self._explicit = state.pop("_explicit")
             self._nonfinite = state.pop("nonfinite", "propagate")
             self._shared = state.pop("_shared", False)
+            self._max_grad_norm = state.pop("max_grad_norm", None)
             self._pending_skips = None
+            self._grad_norm = None
         elif not hasattr(self, "_explicit"):
             self._explicit = {}
             self._nonfinite = "propagate"
             self._shared = False
+            self._max_grad_norm = None
             self._pending_skips = None
+            self._grad_norm = None
         if not hasattr(self, "_backward_handle"):  # unpickled: the hooks stay with the original
             self._backward_handle = None
         self._checked = {}
@@ -411,7 +476,75 @@ class RMSprop(Optimizer):
             finite = None
             if self.nonfinite == "skip" and not all(grad.is_cpu for grad in plan.grads):
                 finite = torch.ones((), dtype=torch.bool, device=plan.grads[0].device)
-            run_group(_Scratch(group, scratch, group["params"]), plan, finite)  # type: ignore[arg-type]
+            scale = None if self.max_grad_norm is None else torch.ones_like(grad_norms(plan.grads)[0])
+            run_group(_Scratch(group, scratch, group["params"]), plan, finite, scale)  # type: ignore[arg-type]
+
+    def _averages(self) -> list[tuple[Tensor, Tensor]]:
+        """(parameter, its average) for every parameter whose group averages
+        its weights (line (16)) and that has stepped."""
+        pairs = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                ema = self.state.get(p, {}).get("ema") if group["ema_decay"] != 0 else None
+                if ema is not None:
+                    pairs.append((p, ema))
+        return pairs
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Swap the weights' averages (``ema_decay=``, line (16)) into the
+        parameters for the ``with`` block (evaluation, a checkpoint of the
+        averaged model), and the weights back after it, bit for bit.
+
+        Parameters without an average (their group has ``ema_decay=0``, or
+        they never stepped) keep their weights. A bfloat16 or float16
+        parameter holds its average rounded to nearest. Do not step inside
+        the block: the step would run from the averages."""
+        with torch.no_grad():
+            saved = [(p, p.detach().clone()) for p, _ in self._averages()]
+            for p, ema in self._averages():
+                p.copy_(ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, weights in saved:
+                    p.copy_(weights)
+
+    @torch.no_grad()
+    def copy_ema_to(self, model: torch.nn.Module) -> None:
+        """Write the weights' averages into ``model``'s parameters, for export.
+
+        ``model`` is the model this optimizer trains (its parameters are
+        this optimizer's: the averages replace the weights for good), or a
+        copy of it when the optimizer was built from named parameters
+        (``model.named_parameters()``: matched by name). Everything is
+        matched before anything is written; a parameter that cannot be
+        matched is a ValueError. ``copy.deepcopy(model)`` inside
+        ``with optimizer.ema_weights():`` exports a copy in every case."""
+        by_id = {id(p): p for p in model.parameters()}
+        by_name = dict(model.named_parameters())
+        targets = []
+        for g, group in enumerate(self.param_groups):
+            names = group.get("param_names")
+            for j, p in enumerate(group["params"]):
+                ema = self.state.get(p, {}).get("ema") if group["ema_decay"] != 0 else None
+                if ema is None:
+                    continue
+                target = by_id.get(id(p))
+                if target is None and names is not None:
+                    target = by_name.get(names[j])
+                if target is None:
+                    who = f"parameter {names[j]!r}" if names else f"parameter {j} of param group {g}"
+                    hint = "" if names else " (built from named_parameters(), it matches a copy by name)"
+                    raise ValueError(f"copy_ema_to: {who} is not a parameter of the model given{hint}")
+                if target.shape != ema.shape:
+                    who = repr(names[j]) if names else f"parameter {j} of param group {g}"
+                    raise ValueError(f"copy_ema_to: the model's {who} has shape {tuple(target.shape)}, "
+                                     f"its average {tuple(ema.shape)}")
+                targets.append((target, ema))
+        for target, ema in targets:
+            target.copy_(ema)
 
     def share_memory(self) -> RMSprop:
         """Create every state buffer now and move it into shared memory, for
@@ -474,12 +607,12 @@ class RMSprop(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         plans = self._plan()
-        decision = verdict(self, plans)
+        decision, scale = verdict(self, plans)  # one read of the gradients: (0)'s factor and the verdict
         if decision is False:
             return loss
         finite = decision if isinstance(decision, Tensor) else None  # obeyed on the device
         for plan in plans:
-            run_group(self, plan, finite)
+            run_group(self, plan, finite, scale)
         return loss
 
     def __repr__(self) -> str:
@@ -493,6 +626,12 @@ class RMSprop(Optimizer):
                 out.append(f"    update: {describe(self.param_groups[index])}")
                 index += 1
         return "\n".join(out)
+
+
+_NO_GLOBAL_CLIP_IN_BACKWARD = (
+    "max_grad_norm cannot be honoured while step_in_backward is attached: it updates each parameter as its "
+    "gradient completes, before the global norm over all of them exists; clip per tensor with agc_clip= "
+    "instead, or step with optimizer.step()")
 
 
 class _Scratch:
@@ -553,4 +692,10 @@ def describe(group: dict[str, Any]) -> str:
         parts.append(f"θ ← θ − lr·(g/({d}) + {mu:g}·b)" if group["nesterov"] else "θ ← θ − lr·b")
     if mu != 0 and group["caution"]:
         parts.append("cautious: the step only where it agrees with g in sign, rescaled")
+    if group["agc_clip"]:
+        parts.insert(0, f"g clipped per unit to {group['agc_clip']:g}·‖θ‖")
+    if group["ema_decay"]:
+        every = f" every {group['ema_every']} steps" if group["ema_every"] != 1 else ""
+        warm = " (warmed up)" if group["ema_warmup"] else ""
+        parts.append(f"e ← lerp(e, θ, 1 − {group['ema_decay']:g}){every}{warm}")
     return f"[{group['preset']}] " + "; ".join(parts)

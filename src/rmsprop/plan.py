@@ -115,8 +115,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
     checked = None if settings_checked else check_settings(opt, g, group)
     precision, rounding = group["state_precision"], group["stochastic_rounding"]
     plain = precision == "param" and not rounding  # the parameter's dtype; nothing to refuse but the dtype
-    needs = [key for key, on in (("momentum_buffer", group["momentum"] != 0), ("grad_avg", group["centered"]))
-             if on]
+    needs = needed_buffers(group)
     all_states = opt.state
     positions: list[int] = []
     params: list[Tensor] = []
@@ -139,9 +138,15 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
             reason = storage_refusal(p, precision, rounding)
             if reason is not None:
                 raise ValueError(f"{_who(group, g, j)}: {reason}")
-        if group["caution"] and _sharded(p):
-            raise ValueError(f"{_who(group, g, j)} is sharded ({p.placements}): caution=True needs each "
-                             "tensor whole, since (15) divides by the mean of its mask over the tensor")
+        if _sharded(p):
+            if group["caution"]:
+                raise ValueError(f"{_who(group, g, j)} is sharded ({p.placements}): caution=True needs each "
+                                 "tensor whole, since (15) divides by the mean of its mask over the tensor")
+            if group["agc_clip"] != 0 and (p.dim() <= 1 or any(
+                    placement.is_shard() and placement.dim != 0 for placement in p.placements)):
+                raise ValueError(f"{_who(group, g, j)} is sharded ({p.placements}): agc_clip needs each unit "
+                                 "(a row along dim 0, or the whole of a 1-D tensor) on one rank, since (0') "
+                                 "reads its norm")
         state = all_states.get(p)
         if state:  # every buffer of a state is made at once, or later at the shape square_avg has
             square_avg = state.get("square_avg")
@@ -191,13 +196,22 @@ def who(plan: GroupPlan, i: int) -> str:
     return _who(plan.group, plan.index, plan.positions[i])
 
 
-def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None) -> None:
-    """Write one planned group's step: complete its state, then run its path."""
+def needed_buffers(group: dict[str, Any]) -> list[str]:
+    """The buffers beside ``square_avg`` that the group's knobs use."""
+    return [key for key, on in (("momentum_buffer", group["momentum"] != 0), ("grad_avg", group["centered"]),
+                                ("ema", group["ema_decay"] != 0)) if on]
+
+
+def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None,
+              grad_scale: Tensor | None = None) -> None:
+    """Write one planned group's step: complete its state, then run its path.
+    ``grad_scale``: line (0)'s factor (``max_grad_norm``), or None."""
     group = plan.group
-    centered, use_momentum = group["centered"], group["momentum"] != 0
+    centered, use_momentum, use_ema = group["centered"], group["momentum"] != 0, group["ema_decay"] != 0
     square_avgs: list[Buffer] = []
     grad_avgs: list[Buffer] = []
     momentum_buffers: list[Buffer] = []
+    emas: list[Tensor] = []
     steps: list[Tensor] = []
     states = plan.states if plan.states is not None else [ensure_state(opt, p, group) for p in plan.params]
     for state in states:
@@ -207,11 +221,13 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None) -> No
             grad_avgs.append(get_buffer(state, "grad_avg"))  # type: ignore[arg-type]
         if use_momentum:
             momentum_buffers.append(get_buffer(state, "momentum_buffer"))  # type: ignore[arg-type]
+        if use_ema:
+            emas.append(state["ema"])
     tensors = StepTensors(plan.params, plan.grads, square_avgs, grad_avgs, momentum_buffers, steps,
-                          plan.idents)
+                          plan.idents, emas)
     seed = group["rounding_seed"] if group["stochastic_rounding"] else None
     functional.apply(tensors, plan.hyper, path=plan.path, differentiable=group["differentiable"],
-                     finite=finite, rounding_seed=seed)
+                     finite=finite, rounding_seed=seed, grad_scale=grad_scale)
 
 
 def ensure_state(opt: RMSprop, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +253,19 @@ def ensure_state(opt: RMSprop, p: Tensor, group: dict[str, Any]) -> dict[str, An
     if group["centered"] and not has_buffer(state, "grad_avg"):
         put_buffer(state, "grad_avg", new_buffer(p, precision, "grad_avg"))
         _share(opt, state)
+    if group["ema_decay"] != 0 and "ema" not in state:
+        state["ema"] = _new_average(p, precision)
+        _share(opt, state)
     return state
+
+
+def _new_average(p: Tensor, precision: str) -> Tensor:
+    """The weights' average, starting from the weights as they are (line (16)
+    replaces it with the weights after the first step; switched on mid-run,
+    it averages from here)."""
+    ema = new_buffer(p, precision, "ema")
+    assert isinstance(ema, Tensor)  # a wide buffer is never 8-bit
+    return ema.copy_(p.detach())
 
 
 def _share(opt: RMSprop, state: dict[str, Any]) -> None:
@@ -257,4 +285,6 @@ def new_state(p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         put_buffer(state, "momentum_buffer", new_buffer(p, precision, "momentum_buffer"))
     if group["centered"]:
         put_buffer(state, "grad_avg", new_buffer(p, precision, "grad_avg"))
+    if group["ema_decay"] != 0:
+        state["ema"] = _new_average(p, precision)
     return state

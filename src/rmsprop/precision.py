@@ -32,9 +32,9 @@ from . import quant
 from .counter import random_bits
 from .settings import PRECISIONS, check_precision
 
-__all__ = ["PRECISIONS", "BUFFERS", "Buffer", "BufferSpec", "STATE_KEYS", "state_dtype", "working_dtype",
-           "check_precision", "stochastic_round_", "write_param_", "new_buffer", "storage_refusal",
-           "to_storage", "restore_", "load", "store_", "get_buffer", "put_buffer", "has_buffer", "pop_buffer",
+__all__ = ["PRECISIONS", "BUFFERS", "Buffer", "BufferSpec", "STATE_KEYS", "state_dtype", "buffer_dtype",
+           "working_dtype", "check_precision", "stochastic_round_", "write_param_", "new_buffer",
+           "storage_refusal", "to_storage", "restore_", "load", "store_", "get_buffer", "put_buffer", "has_buffer", "pop_buffer",
            "stored_keys"]
 
 Buffer = torch.Tensor | quant.Blockwise  # a state buffer as the paths see it
@@ -42,19 +42,27 @@ Buffer = torch.Tensor | quant.Blockwise  # a state buffer as the paths see it
 
 class BufferSpec(NamedTuple):
     """One state buffer: its key (PyTorch's), whether its values have a sign
-    (which 8-bit code map it takes), and the stream that tells its random
-    bits apart from the other buffers' (rmsprop.counter)."""
+    (which 8-bit code map it takes), the stream that tells its random bits
+    apart from the other buffers' (rmsprop.counter), and whether it is kept
+    ``wide``: at the parameter's precision or float32, whichever is wider,
+    whatever the group's ``state_precision`` (never 8-bit or bfloat16)."""
 
     key: str
     signed: bool
-    stream: int
+    stream: int | None  # None: never rounded stochastically (a wide buffer)
+    wide: bool = False
 
 
 #: The state layout, once: every buffer a parameter's state may hold.
+#:
+#: The weights' average ``ema`` is wide: its change per step, (1 − δ)·(θ − e),
+#: is far below half a bfloat16 step of e at the usual δ ≥ 0.99, so a bfloat16
+#: or 8-bit average stops moving (benchmarks/ema_precision.py measures it).
 BUFFERS: tuple[BufferSpec, ...] = (
     BufferSpec("square_avg", signed=False, stream=0),
     BufferSpec("grad_avg", signed=True, stream=1),
     BufferSpec("momentum_buffer", signed=True, stream=2),
+    BufferSpec("ema", signed=True, stream=None, wide=True),
 )
 SPEC = {b.key: b for b in BUFFERS}
 
@@ -81,10 +89,22 @@ def state_dtype(param: torch.Tensor, precision: str) -> torch.dtype:
     return torch.float32 if precision == "int8" else torch.bfloat16
 
 
+def buffer_dtype(param: torch.Tensor, precision: str, key: str) -> torch.dtype:
+    """The dtype buffer ``key`` of ``param`` is stored at (or its 8-bit codes decode to)."""
+    if SPEC[key].wide:
+        return torch.promote_types(param.dtype, torch.complex64 if param.is_complex() else torch.float32)
+    return state_dtype(param, precision)
+
+
+def _quantized(param: torch.Tensor, precision: str, key: str) -> bool:
+    """Whether buffer ``key`` of ``param`` is stored as 8-bit codes."""
+    return precision == "int8" and not SPEC[key].wide and quant.quantized(param)
+
+
 def new_buffer(param: torch.Tensor, precision: str, key: str, fill: float = 0.0) -> Buffer:
     """State buffer ``key`` for ``param`` holding ``fill`` everywhere, stored as ``precision`` says."""
-    dtype = state_dtype(param, precision)
-    if precision == "int8" and quant.quantized(param):
+    dtype = buffer_dtype(param, precision, key)
+    if _quantized(param, precision, key):
         value = torch.full(param.shape, fill, dtype=torch.float32, device=param.device)
         return quant.encode(value, signed=SPEC[key].signed)
     buf = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
@@ -119,17 +139,17 @@ def to_storage(values: torch.Tensor, param: torch.Tensor, precision: str, key: s
     """Full-precision ``values`` of buffer ``key`` in the form ``precision``
     stores them for ``param``: encoded to nearest (at the parameter's
     precision, float32 at least), rounded, or copied: one rounding."""
-    if precision == "int8" and quant.quantized(param):
+    if _quantized(param, precision, key):
         wide = torch.promote_types(param.dtype, torch.float32)
         return quant.encode(values.to(device=param.device, dtype=wide), signed=SPEC[key].signed)
-    return values.to(device=param.device, dtype=state_dtype(param, precision), copy=True)
+    return values.to(device=param.device, dtype=buffer_dtype(param, precision, key), copy=True)
 
 
-def in_storage(buf: Buffer, param: torch.Tensor, precision: str) -> bool:
-    """Whether ``buf`` is already in the form ``precision`` stores for ``param``."""
-    if precision == "int8" and quant.quantized(param):
+def in_storage(buf: Buffer, param: torch.Tensor, precision: str, key: str = "square_avg") -> bool:
+    """Whether ``buf`` (buffer ``key``) is already in the form ``precision`` stores for ``param``."""
+    if _quantized(param, precision, key):
         return quant.is_quantized(buf)
-    return not quant.is_quantized(buf) and buf.dtype == state_dtype(param, precision)
+    return not quant.is_quantized(buf) and buf.dtype == buffer_dtype(param, precision, key)
 
 
 def restore_(state: dict[str, Any], param: torch.Tensor, precision: str,
@@ -149,7 +169,7 @@ def restore_(state: dict[str, Any], param: torch.Tensor, precision: str,
         source = get_buffer(source_state, spec.key)
         if source is None:
             continue
-        if in_storage(source, param, precision):
+        if in_storage(source, param, precision, spec.key):
             if raw is None:
                 continue
             copy = functools.partial(torch.Tensor.to, device=param.device, copy=True)
@@ -252,7 +272,9 @@ def store_(buf: Buffer, value: torch.Tensor, keep: torch.Tensor | None = None,
     """
     parts: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (storage, its new value)
     if isinstance(buf, quant.Blockwise):
-        salt = None if rounding is None else (rounding[0], _salt(rounding[1], SPEC[key].stream))
+        stream = SPEC[key].stream
+        assert stream is not None, f"{key} is never stored as 8-bit codes"
+        salt = None if rounding is None else (rounding[0], _salt(rounding[1], stream))
         new = quant.encode(value, signed=SPEC[key].signed, rounding=salt)
         parts = ((buf.codes, new.codes), (buf.absmax, new.absmax))
     else:
@@ -261,7 +283,7 @@ def store_(buf: Buffer, value: torch.Tensor, keep: torch.Tensor | None = None,
         dest.copy_(new_value if keep is None else torch.where(keep, new_value, dest))
 
 
-_PARAM_STREAM = len(BUFFERS)  # the parameter's own rounding, after its buffers' streams
+_PARAM_STREAM = 3  # the parameter's own rounding, after the streams of the buffers that are rounded
 
 
 def _salt(ident: int, stream: int) -> int:

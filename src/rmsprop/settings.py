@@ -62,7 +62,8 @@ def _number(lo: float, hi: float = math.inf, *, hi_open: bool = True) -> Check:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"TypeError:{name} must be a real number, not {type(value).__name__} {value!r}"
         if not (lo <= value and (value < hi if hi_open else value <= hi)) or math.isnan(value):
-            bounds = f"must lie in [{lo:g}, {hi:g}]" if not hi_open else f"must be ≥ {lo:g} and finite"
+            bounds = (f"must lie in [{lo:g}, {hi:g}]" if not hi_open else f"must be ≥ {lo:g} and finite"
+                      if hi == math.inf else f"must lie in [{lo:g}, {hi:g})")
             return f"Invalid {_WORDS.get(name, name + ' value')}: {value} ({bounds})"
         return None
 
@@ -159,6 +160,12 @@ SETTINGS: tuple[Setting, ...] = (
             "(4)-(5): whose rounding, engine.OP_ORDERS"),
     Setting("maximize", "structure", False, _flag, True, "(1)"),
     Setting("caution", "structure", False, _flag, True, "(15): cautious momentum step"),
+    Setting("agc_clip", "runtime", 0.0, _number(0.0), True,
+            "(0'): adaptive clipping κ (its zero, off, is structure)"),
+    Setting("ema_decay", "runtime", 0.0, _number(0.0, 1.0), True,
+            "(16): δ of the weights' average (its zero, off, is structure)"),
+    Setting("ema_every", "structure", 1, _whole(1), True, "(16): average every this many steps"),
+    Setting("ema_warmup", "structure", False, _flag, True, "(16): δ warms up as 1 − n^(−2/3)"),
     Setting("capturable", "path", False, _flag, True, "step count on the device, tensor lr never read"),
     Setting("foreach", "path", None, _maybe_flag, False, "True: foreach path; False: reference; None: auto"),
     Setting("fused", "path", None, _maybe_flag, False, "True: one compiled pass; None: auto"),

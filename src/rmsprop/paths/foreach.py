@@ -16,7 +16,15 @@ from typing import cast, overload
 import torch
 from torch import Tensor
 
-from ..engine import Hyper, Scalar, bias_correction_factor, denominator_can_vanish
+from ..engine import (
+    Hyper,
+    Scalar,
+    average,
+    bias_correction_factor,
+    clip_adaptive,
+    denominator_can_vanish,
+    ema_weight,
+)
 from ..precision import BUFFERS, Buffer, load, store_, working_dtype, write_param_
 from ..quant import is_quantized, stored_dtype
 from .grouping import StepTensors, by_device_and_dtype
@@ -27,14 +35,17 @@ TensorList = list[Tensor] | tuple[Tensor, ...]  # what the torch._foreach_* ops 
 
 
 def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
-                 rounding_seed: int | None = None) -> None:
+                 rounding_seed: int | None = None, grad_scale: Tensor | None = None) -> None:
     """Apply one step to all tensors, one multi-tensor op per formula line.
     Nothing happens where ``finite`` is a False tensor (read on the host)."""
     if not t.params or (finite is not None and not bool(finite)):
         return
     centered, use_momentum = hyper.centered, bool(hyper.momentum != 0)
-    for _, dtype, (p, g, v, m, b, steps, idents) in by_device_and_dtype(t, centered, use_momentum):
+    for _, dtype, (p, g, v, m, b, steps, idents, e) in by_device_and_dtype(t, centered, use_momentum):
+        scale, h = grad_scale, hyper
         if dtype.is_complex:  # complex state is never 8-bit (rmsprop.precision.storage_refusal)
+            # (0') reads each unit's norm, which the real view would split: clip first
+            g, scale, h = list(_clipped(g, p, hyper, grad_scale)), None, hyper._replace(agc_clip=0.0)
             p, g, v = _real(p), _real(g), _real(_plain(v))
             m, b = _real(_plain(m)), _real(_plain(b))
         stored = stored_dtype(v[0])
@@ -43,11 +54,15 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
             ps, gs, vs = p[chunk], g[chunk], v[chunk]
             ms = m[chunk] if centered else None
             bs = b[chunk] if use_momentum else None
+            es = e[chunk] if e else None
             if work == p[0].dtype and work == stored:  # plain state in θ's own dtype
-                _step_group(ps, gs, _plain(vs), _plain(ms), _plain(bs), steps[chunk], hyper)
+                _step_group(ps, _clipped(gs, ps, h, scale), _plain(vs), _plain(ms), _plain(bs),
+                            steps[chunk], hyper)
+                _average(es, ps, steps[chunk], hyper)
             else:  # widen (or decode) a cache-sized chunk, step it, round (or encode) each result once
                 wide = (_load(ps, work), _load(gs, work), _load(vs, work), _load(ms, work), _load(bs, work))
-                _step_group(*wide, steps[chunk], hyper)
+                _step_group(wide[0], _clipped(wide[1], wide[0], h, scale), *wide[2:], steps[chunk], hyper)
+                _average(es, wide[0], steps[chunk], hyper)
                 for spec, bufs, values in zip(BUFFERS, (vs, ms, bs), wide[2:]):  # v, ḡ, b
                     if bufs is None:
                         continue
@@ -190,6 +205,26 @@ def _step_group(p: TensorList, g: TensorList, v: TensorList, m: TensorList | Non
         torch._foreach_add_(p, torch._foreach_mul(inc, -lr))
     else:
         torch._foreach_add_(p, inc, alpha=-lr)
+
+
+def _clipped(g: TensorList, p: TensorList, hyper: Hyper, grad_scale: Tensor | None) -> TensorList:
+    """(0) and (0'): the gradients scaled to the global norm, then clipped per
+    unit (new tensors; the gradients themselves stay as they are)."""
+    if grad_scale is not None:
+        g = torch._foreach_mul(g, grad_scale)  # (0)
+    if hyper.agc_clip != 0:
+        g = [clip_adaptive(x, w, hyper.agc_clip) for x, w in zip(g, p)]  # (0')
+    return g
+
+
+def _average(e: Sequence[Tensor] | None, p: TensorList, t: TensorList, hyper: Hyper) -> None:
+    """(16) e ← e + w·(θ − e) for each tensor, with its own step's weight (after the update)."""
+    if e is None:
+        return
+    for ema, param, step in zip(e, p, t):
+        weight = ema_weight(hyper, step)
+        if isinstance(weight, Tensor) or weight != 0:  # (θ, a complex one's real view, after the update)
+            ema.copy_(average(ema, torch.view_as_complex(param) if ema.is_complex() else param, weight))
 
 
 def _same_dtype(results: TensorList, like: TensorList) -> TensorList:

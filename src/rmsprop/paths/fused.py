@@ -33,12 +33,12 @@ import os
 import shutil
 import types
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor
 
-from ..engine import Hyper, _is_zero, rmsprop_update
+from ..engine import Hyper, _is_zero, clip_adaptive, rmsprop_update
 from ..precision import Buffer, load, store_, working_dtype, write_param_
 from ..quant import Blockwise, is_quantized, stored_dtype
 from ..settings import by_role
@@ -99,11 +99,13 @@ def _scalar(role: str, value: float, device: torch.device) -> Tensor:
 def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence[Buffer],
                 grad_avgs: Sequence[Buffer], momentum_buffers: Sequence[Buffer], steps: list[Tensor],
                 idents: tuple[int, ...], hyper: Hyper, compute: torch.dtype, finite: Tensor | None,
-                rounding_seed: int | None) -> None:
-    """The traced body: (1)…(15) for every tensor at ``compute`` precision,
+                rounding_seed: int | None, emas: Sequence[Tensor], grad_scale: Tensor | None,
+                real_view: bool) -> None:
+    """The traced body: (0)…(16) for every tensor at ``compute`` precision,
     written back in place (Inductor fuses the casts into the one pass). With
     a ``finite`` flag, each write keeps the old value where the flag is False:
-    a select in the same pass, never a host sync."""
+    a select in the same pass, never a host sync. ``real_view``: the tensors
+    are complex ones' real views."""
 
     def write(dest: Tensor, new: Tensor, old: Tensor) -> None:
         dest.copy_(new if finite is None else torch.where(finite, new, old))
@@ -113,8 +115,15 @@ def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence
         m = load(grad_avgs[i], compute) if hyper.centered else None
         b = None if _is_zero(hyper.momentum) else load(momentum_buffers[i], compute)
         step = steps[i] + 1
-        new = rmsprop_update(p, grads[i].to(compute), v, m, b, step, hyper)
+        g = grads[i].to(compute)
+        if not _is_zero(hyper.agc_clip):  # (0') here, where the tensors' real views are known as such
+            g = clip_adaptive(g if grad_scale is None else g.mul(grad_scale), p, hyper.agc_clip, real_view)
+            grad_scale = None
+        new = rmsprop_update(p, g, v, m, b, step, hyper._replace(agc_clip=0.0),
+                             emas[i] if emas else None, grad_scale)
         write(steps[i], step, steps[i])
+        if new.ema is not None:
+            write(emas[i], new.ema, emas[i])
         if rounding_seed is not None and params[i].dtype != compute:
             rounded = torch.empty_like(params[i])
             write_param_(rounded, new.param, rounding_seed, step, idents[i])
@@ -166,7 +175,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # A zero weight decay or momentum switches its formula lines off: structure,
 # compiled in. Every other number, zero or not, is a runtime value, so a
 # schedule through lr = 0 (a warm-up from 0) never recompiles.
-_STRUCTURAL_ZEROS = ("weight_decay", "momentum")
+_STRUCTURAL_ZEROS = ("weight_decay", "momentum", "agc_clip", "ema_decay")
+_RUNTIME = by_role("runtime")
 
 
 def _runtime_hyper(hyper: Hyper, device: torch.device) -> Hyper:
@@ -180,14 +190,11 @@ def _runtime_hyper(hyper: Hyper, device: torch.device) -> Hyper:
             return 0.0
         return _scalar(role, float(x), device)
 
-    return hyper._replace(**{
-        role: value(role, getattr(hyper, role))
-        for role in ("lr", "alpha", "eps", "weight_decay", "momentum")
-    })
+    return hyper._replace(**{role: value(role, getattr(hyper, role)) for role in _RUNTIME})
 
 
 def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
-               rounding_seed: int | None = None) -> None:
+               rounding_seed: int | None = None, grad_scale: Tensor | None = None) -> None:
     """Apply one step to all tensors: one compiled call per device and dtype.
     Where ``finite`` (a 0-d bool tensor) is False nothing changes, decided
     inside the compiled pass."""
@@ -197,6 +204,7 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
     for device, dtype, group in by_device_and_dtype(t, centered, bool(use_momentum)):
         p, g = _real(group.params), _real(group.grads)
         v, m, b = _real(group.square_avgs), _real(group.grad_avgs), _real(group.momentum_buffers)
+        e = cast("list[Tensor]", _real(group.emas))
         steps = group.steps
         quantized = is_quantized(v[0])
         # the random bits' salt is read only when rounding: elsewhere, one structure for any parameters
@@ -204,14 +212,17 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         # the state stored narrower (rmsprop.precision) widens to the working dtype
         compute = working_dtype(_compute_dtype(dtype), stored_dtype(v[0]))
         run_hyper = _runtime_hyper(hyper, device)
-        args = (p, g, v, m, b, steps, idents, run_hyper, compute, finite, rounding_seed)
+        scale = None if grad_scale is None else grad_scale.to(device)
+        args = (p, g, v, m, b, steps, idents, run_hyper, compute, finite, rounding_seed, e, scale,
+                dtype.is_complex)
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
             _step_group(*args)
             continue
         key = (
             tuple(getattr(hyper, name) for name in STRUCTURE),
-            hyper.weight_decay != 0, use_momentum, finite is not None, rounding_seed, idents,
+            tuple(getattr(hyper, name) != 0 for name in _STRUCTURAL_ZEROS), finite is not None,
+            grad_scale is not None, dtype.is_complex, rounding_seed, idents,
             str(device), p[0].dtype, stored_dtype(v[0]), steps[0].device.type,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )

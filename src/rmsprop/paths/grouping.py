@@ -32,6 +32,7 @@ class StepTensors(NamedTuple):
     momentum_buffers: Sequence[Buffer]
     steps: list[Tensor]
     idents: list[int]
+    emas: Sequence[Tensor] = ()  # the weights' averages (line (16)), empty unless the knobs use them
 
     def select(self, indices: list[int], centered: bool, use_momentum: bool) -> StepTensors:
         """The entries at ``indices`` (the optional lists only where used)."""
@@ -42,7 +43,7 @@ class StepTensors(NamedTuple):
         return StepTensors(pick(self.params), pick(self.grads), pick(self.square_avgs),
                            pick(self.grad_avgs) if centered else [],
                            pick(self.momentum_buffers) if use_momentum else [],
-                           pick(self.steps), pick(self.idents))
+                           pick(self.steps), pick(self.idents), pick(self.emas) if self.emas else ())
 
 
 def by_device_and_dtype(t: StepTensors, centered: bool, use_momentum: bool

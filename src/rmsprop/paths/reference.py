@@ -18,7 +18,7 @@ __all__ = ["reference_step"]
 
 
 def reference_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
-                   rounding_seed: int | None = None) -> None:
+                   rounding_seed: int | None = None, grad_scale: Tensor | None = None) -> None:
     """Apply one step to each tensor. Nothing happens where ``finite`` is a
     False tensor (read on the host)."""
     if finite is not None and not bool(finite):
@@ -33,7 +33,7 @@ def reference_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None
         new = rmsprop_update(
             param.to(work), grad.to(work), load(square_avg, work),
             None if grad_avg is None else load(grad_avg, work), None if buf is None else load(buf, work),
-            step, hyper,
+            step, hyper, t.emas[i] if t.emas else None, grad_scale,
         )
 
         write_param_(param, new.param, rounding_seed, step, ident)
@@ -44,3 +44,5 @@ def reference_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None
         if buf is not None:
             assert new.momentum_buffer is not None  # momentum: the update returns b
             store_(buf, new.momentum_buffer, rounding=(step, ident), key="momentum_buffer")
+        if new.ema is not None and new.ema is not t.emas[i]:
+            t.emas[i].copy_(new.ema)
