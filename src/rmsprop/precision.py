@@ -34,8 +34,8 @@ from .settings import PRECISIONS, check_precision
 
 __all__ = ["PRECISIONS", "BUFFERS", "Buffer", "BufferSpec", "STATE_KEYS", "state_dtype", "buffer_dtype",
            "working_dtype", "check_precision", "stochastic_round_", "write_param_", "new_buffer",
-           "storage_refusal", "to_storage", "restore_", "load", "store_", "get_buffer", "put_buffer", "has_buffer", "pop_buffer",
-           "stored_keys"]
+           "storage_refusal", "to_storage", "restore_", "load", "store_", "get_buffer", "put_buffer",
+           "has_buffer", "pop_buffer", "stored_keys"]
 
 Buffer = torch.Tensor | quant.Blockwise  # a state buffer as the paths see it
 
