@@ -33,6 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 import rmsprop
 
 WORLD = 2
+# Line (16) and line (0), where clipping acts at every step.
+EXTRAS = dict(ema_decay=0.9, max_grad_norm=0.05)
 KNOBS = {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.01}
 STEPS, MORE = 4, 3
 PATHS = {"reference": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -181,6 +183,17 @@ def _rank_main(rank: int, tmp: str) -> None:
         results["skip"] = (opt.skipped_steps, all(torch.equal(a, p.full_tensor())
                                                   for a, p in zip(before, model.parameters())))
 
+        # The weights' average and global-norm clipping under FSDP2: the average is sharded like
+        # the state, and the norm's squares are summed over the ranks (one all-reduce).
+        model = _fsdp_model()
+        opt = rmsprop.RMSprop(model.parameters(), **KNOBS, **EXTRAS)
+        _train(model, opt, batches, rank)
+        results["fsdp-extras"] = [p.full_tensor() for p in model.parameters()]
+        results["fsdp-extras-ema"] = [opt.state[p]["ema"].full_tensor() for p in model.parameters()]
+        results["fsdp-extras-sharded"] = all(isinstance(opt.state[p]["ema"], DTensor)
+                                             for p in model.parameters())
+        results["fsdp-extras-norm"] = opt.grad_norm
+
         # Resharding checkpoints: one saved by 1 process loads into 2 and trains on; one saved
         # here by 2 processes is loaded by 1 process afterwards (the fixture).
         model = _fsdp_model()
@@ -268,6 +281,21 @@ def test_fsdp2_with_bf16_state_trains_like_one_process_with_bf16_state(ranks):
 
 def test_fsdp2_skip_is_decided_on_all_ranks_together(ranks):
     assert [rank["skip"] for rank in ranks] == [(1, True), (1, True)]
+
+
+def test_fsdp2_averages_the_weights_and_clips_the_global_norm_like_one_process(ranks):
+    model = _model()
+    opt = rmsprop.RMSprop(model.parameters(), **KNOBS, **EXTRAS)
+    _train(model, opt, _batches(STEPS + MORE))
+    assert opt.grad_norm is not None and float(opt.grad_norm) > EXTRAS["max_grad_norm"]  # it clipped
+    expected = [opt.state[p]["ema"] for p in model.parameters()]
+    for rank in ranks:
+        assert rank["fsdp-extras-sharded"]
+        torch.testing.assert_close(rank["fsdp-extras-norm"], opt.grad_norm, rtol=1e-5, atol=0)
+        for got, want in zip(rank["fsdp-extras"], _params(model)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for got, want in zip(rank["fsdp-extras-ema"], expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_distributed_checkpoint_carries_the_groups_knobs(ranks):

@@ -142,11 +142,10 @@ def grad_norms(tensors: Sequence[Tensor]) -> Tensor:
     if sharded:
         import torch.distributed as dist
 
-        meshes = {id(cast("DTensor", tensors[i]).device_mesh): cast("DTensor", tensors[i]).device_mesh
-                  for i in sharded}
-        if len(meshes) != 1 or next(iter(meshes.values())).ndim != 1:
+        meshes = [cast("DTensor", tensors[i]).device_mesh for i in sharded]
+        mesh = meshes[0]
+        if mesh.ndim != 1 or any(other != mesh for other in meshes):  # (equal: the same ranks)
             raise ValueError("max_grad_norm supports sharded parameters on one 1-D device mesh (FSDP2)")
-        mesh = next(iter(meshes.values()))
         index = torch.tensor(sharded, device=stacked.device)
         squares = stacked.index_select(0, index).double().square()
         dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=mesh.get_group(0))
