@@ -68,6 +68,13 @@ order). The float32 peer's values are stored as float64 (exactly representable).
 archive is written with fixed zip timestamps so that regenerating gives identical bytes.
 ``<peer>.json`` holds the metadata (library, version, command, dtype, cases, skipped cases,
 order-of-operations notes and other facts found in the installed sources).
+
+The weights' average: the timm peer also runs ``ModelEmaV3`` and the keras peer
+``use_ema=True`` beside case ``momentum`` (``EMA_CASES``); key ``f"momentum/{tag}/{i}"`` holds
+the peer's average in the same layout (row 0: the average before step 1 as the peer holds it,
+timm's copy of the weights, Keras's zeros), and ``ema_cases`` in the .json names each with the
+peer's own options. ``facts.torch_rounding`` records how the machine's torch rounded the
+float32 ops (FMA or not), which decides whether a float32 golden reproduces bit for bit.
 """
 
 from __future__ import annotations
@@ -94,6 +101,22 @@ GOLDENS = ROOT / "tests" / "goldens"
 PEERS = ["torch", "tf1", "keras", "optax", "timm", "sb3", "dqn"]
 CHECKPOINT_STEPS = 100
 CHECKPOINT_CASE = {"torch": "centered-momentum-wd", "timm": "centered-momentum"}
+# The weights' average (EMA), recorded beside one case of each peer that keeps one: peer -> (case,
+# [(tag, the peer's own options)]). timm's "update_every" is not a ModelEmaV3 argument: the run
+# calls update() only on steps 1, 1 + k, 1 + 2k, ..., giving it its own count of updates.
+EMA_CASES = {
+    "timm": ("momentum", [
+        ("ema-0.9", {"decay": 0.9}),
+        ("ema-0.99", {"decay": 0.99}),
+        ("ema-0.9-warmup", {"decay": 0.9, "use_warmup": True}),
+        ("ema-0.99-warmup", {"decay": 0.99, "use_warmup": True}),
+        ("ema-0.9-warmup-every-3", {"decay": 0.9, "use_warmup": True, "update_every": 3}),
+    ]),
+    "keras": ("momentum", [
+        ("ema-0.9", {"use_ema": True, "ema_momentum": 0.9}),
+        ("ema-0.99", {"use_ema": True, "ema_momentum": 0.99}),
+    ]),
+}
 REL_TOL_F64 = 1e-12
 
 # Keras picks its backend at import time; set it before anything can import keras.
@@ -131,13 +154,58 @@ def _problem():
     return P.initial_params(), P.gradients()
 
 
+def _same_weights(a: list[np.ndarray], b: list[np.ndarray], what: str) -> None:
+    """A run that also keeps an average must train exactly as the run without one."""
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)), f"{what}: the average changed the weights"
+
+
+def _torch_rounding() -> dict:
+    """How this machine's torch rounds the float32 CPU ops that the float32 goldens go through,
+    seen on 64-element tensors: "fma" where a*b + c is rounded once. The float32 goldens
+    reproduce bit for bit only where torch rounds as it did when they were made (the answers
+    differ with the CPU: AVX2/AVX512 kernels contract these into FMAs, the DEFAULT ones do not)."""
+    import torch
+
+    def r(x):
+        return np.asarray(x, dtype=np.float64).astype(np.float32)
+
+    rng = np.random.default_rng(0)
+    seen: dict[str, set] = {}
+    for _ in range(20):
+        x, y, z = (rng.standard_normal(64).astype(np.float32) for _ in range(3))
+        z = np.abs(z) + np.float32(0.5)
+        a = np.float32(0.1)
+        tx, ty, tz = map(torch.from_numpy, (x, y, z))
+        models = {
+            "add(y, alpha=a)": (torch.add(tx, ty, alpha=0.1),
+                                {"fma": r(np.float64(x) + np.float64(a) * y), "separate": r(x + r(a * y))}),
+            "addcmul(y, z, value=a)": (torch.addcmul(tx, ty, tz, value=0.1),
+                                       {"fma(a*y, z)": r(np.float64(x) + np.float64(r(a * y)) * z),
+                                        "separate": r(x + r(r(a * y) * z))}),
+            "addcdiv(y, z, value=a)": (torch.addcdiv(tx, ty, tz, value=0.1),
+                                       {"x + (a*y)/z": r(x + r(r(a * y) / z)),
+                                        "x + a*(y/z)": r(x + r(a * r(y / z)))}),
+            "lerp(y, a)": (torch.lerp(tx, ty, 0.1),
+                           {"fma": r(np.float64(x) + np.float64(a) * r(y - x)),
+                            "separate": r(x + r(a * r(y - x)))}),
+        }
+        for op, (out, candidates) in models.items():
+            hits = {name for name, value in candidates.items() if np.array_equal(out.numpy(), value)}
+            seen[op] = hits if op not in seen else seen[op] & hits
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **{op: " or ".join(sorted(hits)) or "neither model" for op, hits in seen.items()}}
+
+
 # --------------------------------------------------------------------------------------------
 # torch
 # --------------------------------------------------------------------------------------------
 
-def _run_torch_optimizer(cls, opts: dict, steps: int, schedule=True, checkpoint_at=None, dtype="float64"):
+def _run_torch_optimizer(cls, opts: dict, steps: int, schedule=True, checkpoint_at=None, dtype="float64",
+                         average=None):
     """Step a torch.optim-style optimizer class over the problem, in ``dtype`` (the float64
-    problem rounded once to it; the rows are stored as float64, exactly)."""
+    problem rounded once to it; the rows are stored as float64, exactly). ``average``: an
+    object with ``start(params)`` and ``after_step(num_updates)`` (a weights' average, e.g.
+    :class:`_TimmEma`), told after each optimizer step, ``num_updates`` counted from 1."""
     import torch
 
     params0, grads = _problem()
@@ -146,6 +214,8 @@ def _run_torch_optimizer(cls, opts: dict, steps: int, schedule=True, checkpoint_
     dtype = getattr(torch, dtype)
     ps = [torch.tensor(p, dtype=torch.float64).to(dtype) for p in params0]
     opt = cls(ps, lr=base, **kw)
+    if average is not None:
+        average.start(ps)
     rows = [[p.detach().numpy().copy() for p in ps]]
     ckpt = None
     for k in range(steps):
@@ -153,6 +223,8 @@ def _run_torch_optimizer(cls, opts: dict, steps: int, schedule=True, checkpoint_
         for p, g in zip(ps, grads[k]):
             p.grad = torch.tensor(g, dtype=torch.float64).to(dtype)
         opt.step()
+        if average is not None:
+            average.after_step(k + 1)
         rows.append([p.detach().numpy().copy() for p in ps])
         if checkpoint_at is not None and k + 1 == checkpoint_at:
             ckpt = _clone_state_dict(opt.state_dict())
@@ -319,7 +391,10 @@ def peer_tf1():
 # keras (torch backend, float32)
 # --------------------------------------------------------------------------------------------
 
-def _keras_run(opts: dict, steps: int, schedule=True):
+def _keras_run(opts: dict, steps: int, schedule=True, ema: dict | None = None):
+    """The weights' rows, the optimizer, its variables and, when ``ema`` (Keras's own
+    ``use_ema``/``ema_momentum`` arguments) is given, the rows of the optimizer's average of
+    the weights (row 0: the average variables as built, zeros; else None)."""
     import keras
     import torch
 
@@ -329,17 +404,27 @@ def _keras_run(opts: dict, steps: int, schedule=True):
     kw = {k: v for k, v in opts.items() if k != "lr"}
     vs = [keras.Variable(initializer=np.asarray(p, dtype=np.float32), dtype="float32", name=f"p{i}")
           for i, p in enumerate(params0)]
-    opt = keras.optimizers.RMSprop(learning_rate=float(base), **kw)
+    opt = keras.optimizers.RMSprop(learning_rate=float(base), **kw, **(ema or {}))
+    averages = None
+    if ema:
+        opt.build(vs)
+
+        def read():
+            return [np.array(a.numpy(), dtype=np.float32) for a in opt._model_variables_moving_average]
+
+        averages = [read()]
     rows = [[np.array(v.numpy(), dtype=np.float32) for v in vs]]
     for k in range(steps):
         opt.learning_rate.assign(P.lr_at(base, k) if schedule else base)
         gs = [torch.tensor(np.asarray(g, dtype=np.float32)) for g in grads[k]]
         opt.apply(gs, vs)
         rows.append([np.array(v.numpy(), dtype=np.float32) for v in vs])
-    for r in rows:
+        if averages is not None:
+            averages.append(read())
+    for r in rows + (averages or []):
         for a in r:
             assert a.dtype == np.float32
-    return _flat_traj(rows), opt, vs
+    return _flat_traj(rows), opt, vs, None if averages is None else _flat_traj(averages)
 
 
 def _keras_initial_velocity() -> str:
@@ -359,8 +444,14 @@ def peer_keras():
     trajs = {}
     opt = None
     for name, opts in P.CASES["keras"]:
-        trajs[name], opt, vs = _keras_run(opts, P.STEPS)
+        trajs[name], opt, vs, _ = _keras_run(opts, P.STEPS)
     lr_var = opt.learning_rate
+    base, runs = EMA_CASES["keras"]
+    ema_cases = {}
+    for tag, options in runs:
+        weights, _, _, trajs[f"{base}/{tag}"] = _keras_run(dict(P.CASES["keras"])[base], P.STEPS, ema=options)
+        _same_weights(weights, trajs[base], f"keras {base}/{tag}")
+        ema_cases[f"{base}/{tag}"] = {"case": base, "options": options, "update_every": 1}
     facts = {
         "backend": keras.backend.backend(),
         "optimizer_class": f"{type(opt).__module__}.{type(opt).__qualname__}",
@@ -376,6 +467,13 @@ def peer_keras():
         "velocity_initial_value": _keras_initial_velocity(),
         "optimizer_variables": [(w.path.split("/", 1)[-1], str(w.dtype), tuple(w.shape))
                                 for w in opt.variables],
+        "ema": "use_ema=True: after each apply() (update, then the average, then iterations += 1) "
+               "BaseOptimizer._update_model_variables_moving_average: m = float32(iterations != 0) * "
+               "ema_momentum (a float32 tensor), average = m*average + (1 - m)*var (float32 ops, no lerp); "
+               "the 'average' variables start at zeros, so step 1 copies the weights. Recorded beside "
+               f"case {base!r} as '{base}/<tag>/<shape>': {sorted(ema_cases)}; the weights of those runs "
+               "equal the case's own, bit for bit (the average does not touch training)",
+        "torch_rounding": _torch_rounding(),
     }
     notes = (
         "Keras 3 with KERAS_BACKEND=torch: keras.optimizers.RMSprop is instantiated as "
@@ -411,6 +509,7 @@ def peer_keras():
     return {
         "library": "keras", "version": keras.__version__, "dtype": "float32",
         "trajs": trajs, "skipped": {}, "notes": notes, "facts": facts, "checkpoints": {},
+        "ema_cases": ema_cases,
     }
 
 
@@ -587,10 +686,53 @@ def _import_timm_rmsprop_tf():
     return mod
 
 
-def _timm_run(opts: dict, steps: int, checkpoint_at=None, schedule=True):
+def _import_timm_model_ema():
+    """timm.utils.model_ema, imported as rmsprop_tf is (its package __init__ needs torchvision)."""
+    _import_timm_rmsprop_tf()  # the 'timm' stub
+    if "timm.utils" not in sys.modules:
+        utils_stub = types.ModuleType("timm.utils")
+        utils_stub.__path__ = [str(Path(sys.modules["timm"].__path__[0]) / "utils")]
+        sys.modules["timm"].utils = utils_stub
+        sys.modules["timm.utils"] = utils_stub
+    import timm.utils.model_ema as mod
+
+    return mod
+
+
+class _TimmEma:
+    """timm's ModelEmaV3 over the run's parameters, driven as timm's train.py drives it:
+    ``model_ema.update(model, step=num_updates)`` after each optimizer step, num_updates
+    counted from 1. With ``update_every`` = k > 1, update() runs on steps 1, 1 + k, ... only,
+    given its own count of updates. ``rows``: row 0 the copy made at construction, row t the
+    average after step t."""
+
+    def __init__(self, options: dict):
+        self.every = options.get("update_every", 1)
+        self.options = {k: v for k, v in options.items() if k != "update_every"}
+        self.rows: list[list[np.ndarray]] = []
+
+    def start(self, params) -> None:
+        import torch
+
+        self.model = torch.nn.Module()
+        for i, p in enumerate(params):  # Parameters sharing the optimizer's tensors' storage
+            self.model.register_parameter(f"p{i}", torch.nn.Parameter(p, requires_grad=False))
+        self.ema = _import_timm_model_ema().ModelEmaV3(self.model, **self.options)
+        self.rows.append(self._read())
+
+    def after_step(self, num_updates: int) -> None:
+        if (num_updates - 1) % self.every == 0:
+            self.ema.update(self.model, step=(num_updates - 1) // self.every + 1)
+        self.rows.append(self._read())
+
+    def _read(self) -> list[np.ndarray]:
+        return [t.detach().numpy().copy() for t in self.ema.module.state_dict().values()]
+
+
+def _timm_run(opts: dict, steps: int, checkpoint_at=None, schedule=True, average=None):
     # float32, compared bit for bit: the "timm" preset follows timm's order of operations
     return _run_torch_optimizer(_import_timm_rmsprop_tf().RMSpropTF, opts, steps, schedule, checkpoint_at,
-                                dtype="float32")
+                                dtype="float32", average=average)
 
 
 def _timm_initial_square_avg() -> str:
@@ -614,6 +756,15 @@ def peer_timm():
         trajs[name], ck, opt = _timm_run(opts, P.STEPS, checkpoint_at=at)
         if ck is not None:
             ckpts["timm_checkpoint.pt"] = ck
+    base, runs = EMA_CASES["timm"]
+    ema_cases = {}
+    for tag, options in runs:
+        average = _TimmEma(options)
+        weights = _timm_run(dict(P.CASES["timm"])[base], P.STEPS, average=average)[0]
+        _same_weights(weights, trajs[base], f"timm {base}/{tag}")
+        trajs[f"{base}/{tag}"] = _flat_traj(average.rows)
+        ema_cases[f"{base}/{tag}"] = {"case": base, "options": average.options, "update_every": average.every}
+    ema_module = _import_timm_model_ema()
     sd = ckpts["timm_checkpoint.pt"]
     st0 = sd["state"][0]
     sig = inspect.signature(mod.RMSpropTF.__init__)
@@ -637,6 +788,18 @@ def peer_timm():
                       f"'{CHECKPOINT_CASE['timm']}' (param_groups[0]['lr'] is lr_at(lr, 99)); continue "
                       f"from row {CHECKPOINT_STEPS} with lr_at(lr, {CHECKPOINT_STEPS}) onward",
         "group_values_at_checkpoint": {k: v for k, v in group.items() if k != "params"},
+        "ema_signature": f"ModelEmaV3{inspect.signature(ema_module.ModelEmaV3.__init__)}",
+        "ema": "timm.utils.model_ema.ModelEmaV3 (imported as rmsprop_tf is) over a torch.nn.Module whose "
+               "Parameters share the optimizer's float32 tensors; after each optimizer step "
+               "ema.update(model, step=num_updates), num_updates from 1, as timm's train.py. get_decay: "
+               "s = max(0, step - update_after_step - 1); s = 0 -> decay 0 (step 1 copies the weights); "
+               "else decay, or with use_warmup max(min(1 - (1 + s/warmup_gamma)**-warmup_power, decay), "
+               "min_decay); update: foreach torch._foreach_lerp_(ema, model, weight=1 - decay) (a Python "
+               "float), parameters and buffers. 'update_every' k > 1 (not a timm argument): update() only on "
+               "steps 1, 1 + k, ..., with step = its own count of updates. Recorded beside case "
+               f"{base!r} as '{base}/<tag>/<shape>': {sorted(ema_cases)}; the weights of those runs equal "
+               "the case's own, bit for bit (the average does not touch training)",
+        "torch_rounding": _torch_rounding(),
     }
     notes = (
         "timm RMSpropTF, float32 (problem rounded once to float32; compared bit for bit), "
@@ -657,6 +820,7 @@ def peer_timm():
     return {
         "library": "timm", "version": _version("timm"), "dtype": "float32", "bitwise": True,
         "trajs": trajs, "skipped": {}, "notes": notes, "facts": facts, "checkpoints": ckpts,
+        "ema_cases": ema_cases,
     }
 
 
@@ -833,6 +997,7 @@ def metadata(peer: str, result: dict, refused: dict, seconds: float) -> dict:
         "bitwise": result.get("bitwise", False),
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
         "cases": cases,
+        **({"ema_cases": result["ema_cases"]} if "ema_cases" in result else {}),
         "skipped": skipped,
         "refused_keys": refused,
         "notes": result["notes"],
@@ -841,7 +1006,10 @@ def metadata(peer: str, result: dict, refused: dict, seconds: float) -> dict:
         "shapes": [list(s) for s in P.SHAPES],
         "seed": P.SEED,
         "format": "npz key f'{case}/{shape_index}' -> float64 (STEPS+1, numel); row 0 initial, row k "
-                  "after step k (0-based step k-1 used lr_at(lr, k-1)); values flattened C-order",
+                  "after step k (0-based step k-1 used lr_at(lr, k-1)); values flattened C-order"
+                  + ("; an ema case 'CASE/TAG' holds the peer's average of CASE's weights the same way "
+                     "(row 0: the average before step 1, as the peer holds it)"
+                     if "ema_cases" in result else ""),
         "platform": f"{platform.system()} {platform.machine()}",
         "numpy": np.__version__,
         "seconds": round(seconds, 1),

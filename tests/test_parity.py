@@ -12,6 +12,7 @@ relative error, so that elements passing near zero do not divide by zero).
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from pathlib import Path
 
@@ -87,20 +88,29 @@ def _as_the_peer_holds_it(peer, value):
     return value
 
 
+def _params(rows, dtype, start=0):
+    return [torch.nn.Parameter(torch.tensor(rows[i][start], dtype=torch.float64).to(dtype)
+                               .reshape(problems.SHAPES[i])) for i in rows]
+
+
+def _ours(peer, options, params, foreach=None, **extra):
+    """Our optimizer for the peer's case ``options`` (its own spelling), plus our knobs ``extra``."""
+    theirs = {k: _as_the_peer_holds_it(peer, v) for k, v in options.items() if k != "lr"}
+    kwargs = rmsprop.translate(peer, **theirs)
+    if peer in ROUNDS_HYPERPARAMETERS_TO_FLOAT32:  # the defaults too
+        defaults = rmsprop.PRESETS[peer]
+        for knob in ("alpha", "eps", "momentum"):
+            kwargs.setdefault(knob, _as_the_peer_holds_it(peer, float(getattr(defaults, knob))))
+    return rmsprop.RMSprop(params, lr=options["lr"], foreach=foreach, **kwargs, **extra)
+
+
 def _replay(peer, options, dtype, rows, start=0, optimizer=None, params=None, foreach=None):
     """Step ours from row ``start`` of the peer's trajectory; yield (step, errors)."""
     base_lr = options["lr"]
-    theirs = {k: _as_the_peer_holds_it(peer, v) for k, v in options.items() if k != "lr"}
     if params is None:
-        params = [torch.nn.Parameter(torch.tensor(rows[i][start], dtype=torch.float64).to(dtype)
-                                     .reshape(problems.SHAPES[i])) for i in rows]
+        params = _params(rows, dtype, start)
     if optimizer is None:
-        kwargs = rmsprop.translate(peer, **theirs)
-        if peer in ROUNDS_HYPERPARAMETERS_TO_FLOAT32:  # the defaults too
-            defaults = rmsprop.PRESETS[peer]
-            for knob in ("alpha", "eps", "momentum"):
-                kwargs.setdefault(knob, _as_the_peer_holds_it(peer, float(getattr(defaults, knob))))
-        optimizer = rmsprop.RMSprop(params, lr=base_lr, foreach=foreach, **kwargs)
+        optimizer = _ours(peer, options, params, foreach)
     grads = problems.gradients()
     for step in range(start, problems.STEPS):
         optimizer.param_groups[0]["lr"] = _as_the_peer_holds_it(peer, problems.lr_at(base_lr, step))
@@ -126,6 +136,70 @@ def test_preset_matches_the_live_peer(peer, case, foreach):
     for step, errors in replay:
         tol = first_tol if step == 0 else run_tol
         assert max(errors) <= tol, f"{peer}/{case} step {step + 1}: relative errors {errors} > {tol}"
+
+
+# The weights' average, line (16), against the peers that keep one (scripts/make_goldens.py,
+# EMA_CASES): timm's ModelEmaV3 driven as timm's train.py drives it, and Keras's use_ema, each
+# beside the peer's "momentum" case. Their options in our spelling; timm's "update_every" is how
+# the generator drove ModelEmaV3 (update() on steps 1, 1 + k, ..., given its count of updates).
+EMA_KNOBS = {"decay": "ema_decay", "use_warmup": "ema_warmup", "ema_momentum": "ema_decay"}
+
+
+def _ema_knobs(entry):
+    options = dict(entry["options"])
+    assert options.pop("use_ema", True) is True, entry  # Keras: the switch itself
+    return {**{EMA_KNOBS[k]: v for k, v in options.items()}, "ema_every": entry["update_every"]}
+
+
+def _ema_cases():
+    out = []
+    for peer in problems.CASES:
+        meta, _ = _load(peer)
+        out += [pytest.param(peer, name, id=f"{peer}-{name}") for name in meta.get("ema_cases", {})]
+    return out
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["reference", "foreach"])
+@pytest.mark.parametrize("peer,name", _ema_cases())
+def test_the_weights_average_matches_the_live_peer(peer, name, foreach):
+    """state["ema"], and the parameters inside ``ema_weights()``, follow the peer's average at
+    every step, to the tolerance the peer's weights are held to (bit for bit for timm); the
+    weights train as without the average, and come back bit for bit after the block."""
+    meta, arrays = _load(peer)
+    entry = meta["ema_cases"][name]
+    first_tol, run_tol = _tolerance(meta)
+    dtype = DTYPES[meta["dtype"]]
+    rows, averages = _trajectory(arrays, entry["case"]), _trajectory(arrays, name)
+    params = _params(rows, dtype)
+    options = meta["cases"][entry["case"]]
+    optimizer = _ours(peer, options, params, foreach, **_ema_knobs(entry))
+    for step, errors in _replay(peer, options, dtype, rows, optimizer=optimizer, params=params):
+        tol = first_tol if step == 0 else run_tol
+        emas = [optimizer.state[p]["ema"] for p in params]
+        assert all(e.dtype == dtype for e in emas)
+        ema_errors = [_relative_error(e, averages[i][step + 1]) for e, i in zip(emas, averages)]
+        assert max(errors + ema_errors) <= tol, f"{peer}/{name} step {step + 1}: weights {errors}, " \
+                                                f"average {ema_errors} > {tol}"
+        if step % 40 == 0:  # (a few steps suffice: the swap is a copy)
+            weights = [p.detach().clone() for p in params]
+            with optimizer.ema_weights():
+                assert all(torch.equal(p, e) for p, e in zip(params, emas)), f"{peer}/{name} step {step + 1}"
+            assert all(torch.equal(p, w) for p, w in zip(params, weights)), f"{peer}/{name} step {step + 1}"
+
+
+def test_the_average_goldens_are_not_all_the_same():
+    """The average replay would be vacuous if the peer's averages were its weights, or if
+    δ, the warm-up or the interval did not show; and each starts from the weights after step 1."""
+    for peer in ("timm", "keras"):
+        meta, arrays = _load(peer)
+        assert meta["ema_cases"], peer
+        averages = {}
+        for name, entry in meta["ema_cases"].items():
+            weights, averages[name] = arrays[f"{entry['case']}/2"], arrays[f"{name}/2"]
+            assert np.array_equal(averages[name][1], weights[1]), (peer, name)
+            assert not np.allclose(averages[name][-1], weights[-1], rtol=1e-6), (peer, name)
+        for a, b in itertools.combinations(averages, 2):
+            assert not np.allclose(averages[a], averages[b], rtol=1e-6), (peer, a, b)
 
 
 def test_every_peer_left_a_record_of_how_it_was_run():
@@ -166,8 +240,7 @@ def test_a_peer_checkpoint_continues_as_the_peer_would(peer, case, file):
     rows = _trajectory(arrays, case)
     saved = torch.load(GOLDENS / file, weights_only=True)
     dtype = DTYPES[meta["dtype"]]
-    params = [torch.nn.Parameter(torch.tensor(rows[i][100], dtype=torch.float64).to(dtype)
-                                 .reshape(problems.SHAPES[i])) for i in rows]
+    params = _params(rows, dtype, start=100)
     options = meta["cases"][case]
     optimizer = rmsprop.RMSprop(params, **rmsprop.translate(peer, lr=options["lr"]))
     optimizer.load_state_dict(saved)
