@@ -433,3 +433,24 @@ def test_caution_refuses_a_sharded_parameter_before_anything_changes(tmp_path):
         assert not torch.equal(p.detach().full_tensor(), before)
     finally:
         dist.destroy_process_group()
+
+
+def test_clipping_and_the_average_are_differentiable_through_a_step():
+    """differentiable=True: gradients flow through (0), (0') (whose limit reads θ, which the
+    step then overwrites in place) and (16) to the parameter, its gradient and the average."""
+    dtype = torch.float64
+    p = torch.rand(3, 4, dtype=dtype, requires_grad=True)
+    grad = torch.rand(3, 4, dtype=dtype, requires_grad=True)
+    ema = torch.rand(3, 4, dtype=dtype, requires_grad=True)
+
+    def one_step(p, grad, ema):
+        p = p.clone()
+        p.grad = grad
+        opt = rmsprop.RMSprop([p], lr=0.1, differentiable=True, agc_clip=0.05, max_grad_norm=0.5, ema_decay=0.9)
+        opt.state[p] = {"step": torch.ones((), dtype=dtype), "square_avg": torch.full_like(p, 0.1),
+                        "ema": ema.clone()}
+        opt.step()
+        assert float(opt.grad_norm) > 0.5  # (0) clipped
+        return p, opt.state[p]["ema"]
+
+    assert torch.autograd.gradcheck(one_step, (p, grad, ema))

@@ -7,6 +7,7 @@ CUDA graphs see the same storage).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..engine import Hyper, rmsprop_update
@@ -30,8 +31,12 @@ def reference_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None
         buf = t.momentum_buffers[i] if use_momentum else None
         step += 1
         work = working_dtype(param.dtype, stored_dtype(square_avg))  # the state's storage (rmsprop.precision)
+        theta = param.to(work)
+        if theta is param and param.requires_grad and torch.is_grad_enabled():
+            # differentiable: (0') saves θ for its backward, and θ is written in place below
+            theta = param.clone()
         new = rmsprop_update(
-            param.to(work), grad.to(work), load(square_avg, work),
+            theta, grad.to(work), load(square_avg, work),
             None if grad_avg is None else load(grad_avg, work), None if buf is None else load(buf, work),
             step, hyper, t.emas[i] if t.emas else None, grad_scale,
         )
