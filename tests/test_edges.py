@@ -446,7 +446,8 @@ def test_clipping_and_the_average_are_differentiable_through_a_step():
     def one_step(p, grad, ema):
         p = p.clone()
         p.grad = grad
-        opt = rmsprop.RMSprop([p], lr=0.1, differentiable=True, agc_clip=0.05, max_grad_norm=0.5, ema_decay=0.9)
+        opt = rmsprop.RMSprop([p], lr=0.1, differentiable=True, agc_clip=0.05, max_grad_norm=0.5,
+                              ema_decay=0.9)
         opt.state[p] = {"step": torch.ones((), dtype=dtype), "square_avg": torch.full_like(p, 0.1),
                         "ema": ema.clone()}
         opt.step()
