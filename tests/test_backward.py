@@ -25,8 +25,10 @@ def _loss(model, x, y):
 
 
 @pytest.mark.parametrize("path", [{"foreach": False}, {"foreach": True}])
-@pytest.mark.parametrize("knobs", [{}, {"momentum": 0.9, "centered": True, "weight_decay": 0.1}],
-                         ids=["plain", "centered-momentum-wd"])
+@pytest.mark.parametrize("knobs", [{}, {"momentum": 0.9, "centered": True, "weight_decay": 0.1},
+                                   {"momentum": 0.9, "caution": True, "agc_clip": 0.01, "ema_decay": 0.9,
+                                    "ema_every": 2, "ema_warmup": True}],
+                         ids=["plain", "centered-momentum-wd", "caution-agc-ema"])
 def test_training_in_backward_equals_the_usual_loop_bit_for_bit(path, knobs):
     usual, inside = _model(), _model()
     opt = rmsprop.RMSprop(usual.parameters(), lr=0.01, **knobs, **path)
