@@ -7,7 +7,7 @@ call the very same function, so they cannot drift from it. The foreach path is
 the only restatement of the maths, and the tests hold it to this function in
 float64.
 
-The numbered lines (1)…(15) are those of :class:`rmsprop.RMSprop`'s docstring.
+The numbered lines (0)…(16) are those of :class:`rmsprop.RMSprop`'s docstring.
 
 The operations are PyTorch's own fused primitives (``addcmul``, ``addcdiv``,
 ``lerp``, ``add(alpha=)``) in PyTorch's order wherever the knobs are PyTorch's,

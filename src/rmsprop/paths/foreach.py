@@ -3,7 +3,7 @@
 Tensors are grouped by device and dtype and every line of the formula runs as
 one multi-tensor op over the group. This is the one place the maths is written
 a second time; ``tests/test_paths.py`` holds it to :func:`rmsprop.engine.rmsprop_update`
-in float64. The numbers (1)…(15) are those of :class:`rmsprop.RMSprop`.
+in float64. The numbers (0)…(16) are those of :class:`rmsprop.RMSprop`.
 """
 
 from __future__ import annotations
