@@ -242,6 +242,9 @@ def test_presets_are_frozen_data():
     [
         ("keras", dict(learning_rate=1e-3, rho=0.95, epsilon=1e-6, weight_decay=0.01),
          dict(lr=1e-3, alpha=0.95, eps=1e-6, weight_decay=0.01)),
+        ("keras", dict(global_clipnorm=1.0, use_ema=True), dict(max_grad_norm=1.0, ema_decay=0.99)),
+        ("keras", dict(use_ema=True, ema_momentum=0.9), dict(ema_decay=0.9)),
+        ("keras", dict(use_ema=False, ema_momentum=0.9), dict(ema_decay=0.0)),
         ("tf1", dict(learning_rate=0.1, decay=0.95, epsilon=1e-5, centered=True),
          dict(lr=0.1, alpha=0.95, eps=1e-5, centered=True)),
         ("optax", dict(learning_rate=0.1, decay=0.8, initial_scale=1.0, momentum=None,

@@ -122,7 +122,8 @@ _ALL = (
         eps_in_sqrt=True,
         lr_in_momentum=True,
         decoupled_weight_decay=True,
-        argument_names=(("learning_rate", "lr"), ("rho", "alpha"), ("epsilon", "eps")),
+        argument_names=(("learning_rate", "lr"), ("rho", "alpha"), ("epsilon", "eps"),
+                        ("global_clipnorm", "max_grad_norm"), ("ema_momentum", "ema_decay")),
     ),
     Preset(
         "optax",
@@ -187,7 +188,11 @@ def get_preset(name: str) -> Preset:
 
 # What translate() accepts besides a framework's own names: every setting a
 # user may pass (the table's rows but the records), and the optimizer-wide policy.
-_ACCEPTED = frozenset(name for name in names() if name not in by_role("label", "bookkeeping")) | {"nonfinite"}
+_ACCEPTED = frozenset(name for name in names() if name not in by_role("label", "bookkeeping")) | {
+    "nonfinite", "max_grad_norm"}
+
+# Keras's switch for its average: on, `ema_momentum` (default 0.99) is ema_decay; off, nothing is averaged.
+_KERAS_EMA_MOMENTUM = 0.99
 
 
 def translate(preset: str, **theirs: Any) -> dict[str, Any]:
@@ -197,10 +202,16 @@ def translate(preset: str, **theirs: Any) -> dict[str, Any]:
     ``RMSprop(params, preset="keras", lr=1e-3, alpha=0.95)``. Names that are
     already ours pass through; a name that is neither raises ValueError (in
     optax, ``add_decayed_weights`` is the ``optax.add_decayed_weights(λ)``
-    chained before ``optax.rmsprop``; in optax, ``momentum=None`` means 0).
+    chained before ``optax.rmsprop``; in optax, ``momentum=None`` means 0;
+    Keras's ``global_clipnorm`` is ``max_grad_norm``, and ``use_ema=True``
+    with ``ema_momentum=δ`` (default 0.99) is ``ema_decay=δ``).
     """
     names = dict(get_preset(preset).argument_names)
     ours: dict[str, Any] = {"preset": preset}
+    if preset == "keras" and "use_ema" in theirs:  # Keras: use_ema=True, ema_momentum=δ is ema_decay=δ
+        use_ema = theirs.pop("use_ema")
+        momentum = theirs.pop("ema_momentum", _KERAS_EMA_MOMENTUM)
+        theirs["ema_momentum"] = momentum if use_ema else 0.0
     for key, value in theirs.items():
         name = names.get(key, key)
         if name not in _ACCEPTED:
