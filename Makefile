@@ -69,6 +69,7 @@ bench: $(STAMP)
 figures: $(STAMP)
 	$(VENV)/bin/rmsprop trajectories --function quadratic,saddle --out docs/figures/trajectories.png
 	$(VENV)/bin/rmsprop compare --no-progress --out docs/figures/compare_digits.png
+	$(PY) benchmarks/ema_digits.py --out docs/figures/ema_digits.png
 
 tutorial: $(STAMP)                 # run docs/tutorial.md's code in docs/: rewrites docs/figures/tutorial_*.png
 	$(PY) scripts/run_tutorial.py docs/tutorial.md --cwd docs
