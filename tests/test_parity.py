@@ -140,15 +140,18 @@ def test_preset_matches_the_live_peer(peer, case, foreach):
 
 # The weights' average, line (16), against the peers that keep one (scripts/make_goldens.py,
 # EMA_CASES): timm's ModelEmaV3 driven as timm's train.py drives it, and Keras's use_ema, each
-# beside the peer's "momentum" case. Their options in our spelling; timm's "update_every" is how
-# the generator drove ModelEmaV3 (update() on steps 1, 1 + k, ..., given its count of updates).
-EMA_KNOBS = {"decay": "ema_decay", "use_warmup": "ema_warmup", "ema_momentum": "ema_decay"}
+# beside the peer's "momentum" case. Keras's use_ema/ema_momentum are optimizer arguments, which
+# rmsprop.translate maps; ModelEmaV3 is a module of its own, whose options are ours here. Its
+# "update_every" is how the generator drove it (update() on steps 1, 1 + k, ..., given its count).
+TIMM_EMA = {"decay": "ema_decay", "use_warmup": "ema_warmup"}
 
 
-def _ema_knobs(entry):
-    options = dict(entry["options"])
-    assert options.pop("use_ema", True) is True, entry  # Keras: the switch itself
-    return {**{EMA_KNOBS[k]: v for k, v in options.items()}, "ema_every": entry["update_every"]}
+def _ema_options(peer, entry):
+    """(the peer's own arguments for translate, our knobs) for an ema case."""
+    ours = {"ema_every": entry["update_every"]}
+    if peer == "timm":
+        return {}, {**ours, **{TIMM_EMA[k]: v for k, v in entry["options"].items()}}
+    return entry["options"], ours
 
 
 def _ema_cases():
@@ -171,8 +174,10 @@ def test_the_weights_average_matches_the_live_peer(peer, name, foreach):
     dtype = DTYPES[meta["dtype"]]
     rows, averages = _trajectory(arrays, entry["case"]), _trajectory(arrays, name)
     params = _params(rows, dtype)
-    options = meta["cases"][entry["case"]]
-    optimizer = _ours(peer, options, params, foreach, **_ema_knobs(entry))
+    theirs, ours = _ema_options(peer, entry)
+    options = {**meta["cases"][entry["case"]], **theirs}
+    optimizer = _ours(peer, options, params, foreach, **ours)
+    assert optimizer.param_groups[0]["ema_decay"] > 0
     for step, errors in _replay(peer, options, dtype, rows, optimizer=optimizer, params=params):
         tol = first_tol if step == 0 else run_tol
         emas = [optimizer.state[p]["ema"] for p in params]
