@@ -159,43 +159,6 @@ def _same_weights(a: list[np.ndarray], b: list[np.ndarray], what: str) -> None:
     assert all(np.array_equal(x, y) for x, y in zip(a, b)), f"{what}: the average changed the weights"
 
 
-def _torch_rounding() -> dict:
-    """How this machine's torch rounds the float32 CPU ops that the float32 goldens go through,
-    seen on 64-element tensors: "fma" where a*b + c is rounded once. The float32 goldens
-    reproduce bit for bit only where torch rounds as it did when they were made (the answers
-    differ with the CPU: AVX2/AVX512 kernels contract these into FMAs, the DEFAULT ones do not)."""
-    import torch
-
-    def r(x):
-        return np.asarray(x, dtype=np.float64).astype(np.float32)
-
-    rng = np.random.default_rng(0)
-    seen: dict[str, set] = {}
-    for _ in range(20):
-        x, y, z = (rng.standard_normal(64).astype(np.float32) for _ in range(3))
-        z = np.abs(z) + np.float32(0.5)
-        a = np.float32(0.1)
-        tx, ty, tz = map(torch.from_numpy, (x, y, z))
-        models = {
-            "add(y, alpha=a)": (torch.add(tx, ty, alpha=0.1),
-                                {"fma": r(np.float64(x) + np.float64(a) * y), "separate": r(x + r(a * y))}),
-            "addcmul(y, z, value=a)": (torch.addcmul(tx, ty, tz, value=0.1),
-                                       {"fma(a*y, z)": r(np.float64(x) + np.float64(r(a * y)) * z),
-                                        "separate": r(x + r(r(a * y) * z))}),
-            "addcdiv(y, z, value=a)": (torch.addcdiv(tx, ty, tz, value=0.1),
-                                       {"x + (a*y)/z": r(x + r(r(a * y) / z)),
-                                        "x + a*(y/z)": r(x + r(a * r(y / z)))}),
-            "lerp(y, a)": (torch.lerp(tx, ty, 0.1),
-                           {"fma": r(np.float64(x) + np.float64(a) * r(y - x)),
-                            "separate": r(x + r(a * r(y - x)))}),
-        }
-        for op, (out, candidates) in models.items():
-            hits = {name for name, value in candidates.items() if np.array_equal(out.numpy(), value)}
-            seen[op] = hits if op not in seen else seen[op] & hits
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            **{op: " or ".join(sorted(hits)) or "neither model" for op, hits in seen.items()}}
-
-
 # --------------------------------------------------------------------------------------------
 # torch
 # --------------------------------------------------------------------------------------------
@@ -473,7 +436,7 @@ def peer_keras():
                "the 'average' variables start at zeros, so step 1 copies the weights. Recorded beside "
                f"case {base!r} as '{base}/<tag>/<shape>': {sorted(ema_cases)}; the weights of those runs "
                "equal the case's own, bit for bit (the average does not touch training)",
-        "torch_rounding": _torch_rounding(),
+        "torch_rounding": P.torch_rounding(),
     }
     notes = (
         "Keras 3 with KERAS_BACKEND=torch: keras.optimizers.RMSprop is instantiated as "
@@ -799,7 +762,7 @@ def peer_timm():
                "steps 1, 1 + k, ..., with step = its own count of updates. Recorded beside case "
                f"{base!r} as '{base}/<tag>/<shape>': {sorted(ema_cases)}; the weights of those runs equal "
                "the case's own, bit for bit (the average does not touch training)",
-        "torch_rounding": _torch_rounding(),
+        "torch_rounding": P.torch_rounding(),
     }
     notes = (
         "timm RMSpropTF, float32 (problem rounded once to float32; compared bit for bit), "
@@ -914,6 +877,7 @@ def peer_sb3():
         "state_step_type": type(st0["step"]).__name__,
         "square_avg_initial_value": f"{(probe.state[p]['square_avg'] / 0.99).tolist()} (square_avg / "
                                     "alpha after one step with a zero gradient)",
+        "torch_rounding": P.torch_rounding(),
     }
     notes = (
         "SB3 RMSpropTFLike, float32 (problem rounded once to float32; compared bit for bit); before "

@@ -30,12 +30,20 @@ _spec.loader.exec_module(problems)
 # Where the peer computes in float64, every step agrees to 1e-10. Keras keeps
 # float32 variables and hyperparameters: 1e-6 after one step, 1e-4 over 200.
 # A peer whose golden says "bitwise" (timm, SB3: PyTorch code whose order of
-# operations the preset follows, rmsprop.engine.OP_ORDERS) agrees bit for bit.
+# operations the preset follows, rmsprop.engine.OP_ORDERS) agrees bit for bit
+# on a machine whose torch rounds float32 as the golden's machine did: torch's
+# AVX2/AVX512 kernels round a·b + c once (FMA), its DEFAULT ones twice, so the
+# same code gives other last bits on another CPU (the golden records which:
+# facts.torch_rounding, problems.torch_rounding). On a machine that rounds the
+# other way the float32 tolerance applies (measured: 1.3e-7 at most over 200
+# steps between the two), and the bit-for-bit claim is not checked there.
 TOLERANCE = {"float64": (1e-10, 1e-10), "float32": (1e-6, 1e-4)}
 
 
 def _tolerance(meta: dict) -> tuple[float, float]:
-    return (0.0, 0.0) if meta.get("bitwise") else TOLERANCE[meta["dtype"]]
+    if meta.get("bitwise") and problems.same_rounding(meta.get("facts", {}).get("torch_rounding")):
+        return (0.0, 0.0)
+    return TOLERANCE[meta["dtype"]]
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 # TF1 turns Python-float hyperparameters into float32 tensors and casts them to

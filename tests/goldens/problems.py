@@ -100,3 +100,49 @@ CASES: dict[str, list[tuple[str, dict]]] = {
         ("nature-2015", {"lr": 0.00025}),
     ],
 }
+
+
+def torch_rounding() -> dict:
+    """How this machine's torch rounds the float32 CPU ops that the float32 goldens go through,
+    seen on 64-element tensors: "fma" where a*b + c is rounded once. The float32 goldens
+    reproduce bit for bit only where torch rounds as it did when they were made (the answers
+    differ with the CPU: AVX2/AVX512 kernels contract these into FMAs, the DEFAULT ones do not)."""
+    import torch
+
+    def r(x):
+        return np.asarray(x, dtype=np.float64).astype(np.float32)
+
+    rng = np.random.default_rng(0)
+    seen: dict[str, set] = {}
+    for _ in range(20):
+        x, y, z = (rng.standard_normal(64).astype(np.float32) for _ in range(3))
+        z = np.abs(z) + np.float32(0.5)
+        a = np.float32(0.1)
+        tx, ty, tz = map(torch.from_numpy, (x, y, z))
+        models = {
+            "add(y, alpha=a)": (torch.add(tx, ty, alpha=0.1),
+                                {"fma": r(np.float64(x) + np.float64(a) * y), "separate": r(x + r(a * y))}),
+            "addcmul(y, z, value=a)": (torch.addcmul(tx, ty, tz, value=0.1),
+                                       {"fma(a*y, z)": r(np.float64(x) + np.float64(r(a * y)) * z),
+                                        "separate": r(x + r(r(a * y) * z))}),
+            "addcdiv(y, z, value=a)": (torch.addcdiv(tx, ty, tz, value=0.1),
+                                       {"x + (a*y)/z": r(x + r(r(a * y) / z)),
+                                        "x + a*(y/z)": r(x + r(a * r(y / z)))}),
+            "lerp(y, a)": (torch.lerp(tx, ty, 0.1),
+                           {"fma": r(np.float64(x) + np.float64(a) * r(y - x)),
+                            "separate": r(x + r(a * r(y - x)))}),
+        }
+        for op, (out, candidates) in models.items():
+            hits = {name for name, value in candidates.items() if np.array_equal(out.numpy(), value)}
+            seen[op] = hits if op not in seen else seen[op] & hits
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **{op: " or ".join(sorted(hits)) or "neither model" for op, hits in seen.items()}}
+
+
+def same_rounding(recorded: dict | None) -> bool:
+    """Whether this machine's torch rounds the float32 ops as it did where ``recorded``
+    (a golden's ``facts.torch_rounding``) was taken; the CPU capability itself may differ."""
+    if not recorded:
+        return False
+    here = torch_rounding()
+    return all(recorded.get(op) == value for op, value in here.items() if op != "cpu_capability")
