@@ -312,8 +312,8 @@ def test_nonfinite_skip_leaves_the_codes_alone():
 @needs_compile
 def test_the_fused_pass_obeys_a_false_finite_flag_on_codes():
     p = torch.randn(5000)
-    state = new_state(p, {"capturable": False, "state_precision": "int8", "initial_square_avg": 1.0,
-                          "momentum": 0.9, "centered": False})
+    state = new_state(p, {**saved_defaults(), "state_precision": "int8", "initial_square_avg": 1.0,
+                          "momentum": 0.9})
     square, momentum = get_buffer(state, "square_avg"), get_buffer(state, "momentum_buffer")
     saved = [x.clone() for x in (*square, *momentum, p)]
     hyper = hyper_from({**saved_defaults(), "lr": 0.1, "alpha": 0.9, "momentum": 0.9})  # the rest: PyTorch's
