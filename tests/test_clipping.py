@@ -157,10 +157,6 @@ def test_max_grad_norm_on_bfloat16_parameters_rounds_the_clipped_gradient_as_tor
     _assert_same(ours, our_opt, theirs, their_opt)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lead's bug: rmsprop.finite.grad_norms stacks per-tensor norms in parameter order when dtypes are "
-    "mixed, clip_grad_norm_ stacks them grouped by (device, dtype): the final vector_norm sums in another "
-    "order and the global norm differs in the last bit (about 1 draw in 9)"))
 def test_max_grad_norm_with_mixed_dtypes_is_torchs():
     """float32 and float64 parameters interleaved: the norm over the stacked
     per-tensor norms must sum them in the order ``clip_grad_norm_`` does."""
@@ -318,15 +314,9 @@ def _agc_problem():
     return start, stream
 
 
-FUSED_SCALE_BUG = pytest.mark.xfail(strict=True, reason=(
-    "lead's bug: paths/fused.py _step_group sets grad_scale = None inside its loop over the tensors "
-    "once (0') has used it, so with agc_clip on, (0)'s factor reaches only the first tensor of each "
-    "compiled call"))
-
-
 @pytest.mark.parametrize("path,global_too", [
     ("reference", False), ("foreach", False), pytest.param("fused", False, marks=needs_fused),
-    ("reference", True), ("foreach", True), pytest.param("fused", True, marks=[needs_fused, FUSED_SCALE_BUG]),
+    ("reference", True), ("foreach", True), pytest.param("fused", True, marks=needs_fused),
 ], ids=["reference-agc", "foreach-agc", "fused-agc",
         "reference-max-norm-then-agc", "foreach-max-norm-then-agc", "fused-max-norm-then-agc"])
 def test_agc_clip_is_timms_formula_then_torchs_step(path, global_too):

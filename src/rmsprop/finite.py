@@ -78,7 +78,7 @@ def verdict(opt: RMSprop, plans: list[GroupPlan]) -> tuple[bool | Tensor, Tensor
         flags = finite_flags(grads)
     else:
         norms = grad_norms(grads)
-        total = torch.linalg.vector_norm(norms)
+        total = torch.linalg.vector_norm(_as_torch_stacks_them(norms, grads))
         opt._grad_norm = total
         scale = (clip / (total + CLIP_EPS)).clamp(max=1.0)  # (0), as clip_grad_norm_ computes it
         if opt.nonfinite == "propagate":
@@ -116,6 +116,19 @@ def _decide(opt: RMSprop, plans: list[GroupPlan], flags: Tensor) -> bool | Tenso
     skipped = (~finite).to(torch.int64)
     opt._pending_skips = skipped if opt._pending_skips is None else opt._pending_skips + skipped
     return finite
+
+
+def _as_torch_stacks_them(norms: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+    """The per-tensor norms in the order ``clip_grad_norm_`` stacks them
+    (grouped by device and dtype, by PyTorch's own grouping), so that their
+    total sums, and rounds, as PyTorch's does."""
+    if all(t.dtype == tensors[0].dtype and t.device == tensors[0].device for t in tensors):
+        return norms
+    from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+    groups = _group_tensors_by_device_and_dtype([[_local(t) for t in tensors]], with_indices=True)
+    order = [i for _, indices in groups.values() for i in indices]
+    return norms[torch.tensor(order, device=norms.device)]
 
 
 def _local(t: Tensor) -> Tensor:

@@ -115,12 +115,12 @@ def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence
         m = load(grad_avgs[i], compute) if hyper.centered else None
         b = None if _is_zero(hyper.momentum) else load(momentum_buffers[i], compute)
         step = steps[i] + 1
-        g = grads[i].to(compute)
-        if not _is_zero(hyper.agc_clip):  # (0') here, where the tensors' real views are known as such
-            g = clip_adaptive(g if grad_scale is None else g.mul(grad_scale), p, hyper.agc_clip, real_view)
-            grad_scale = None
+        g, scale = grads[i].to(compute), grad_scale
+        if not _is_zero(hyper.agc_clip):  # (0) then (0') here, where real views are known as such
+            g = clip_adaptive(g if scale is None else g.mul(scale), p, hyper.agc_clip, real_view)
+            scale = None
         new = rmsprop_update(p, g, v, m, b, step, hyper._replace(agc_clip=0.0),
-                             emas[i] if emas else None, grad_scale)
+                             emas[i] if emas else None, scale)
         write(steps[i], step, steps[i])
         if new.ema is not None:
             write(emas[i], new.ema, emas[i])
