@@ -145,7 +145,7 @@ def test_signature_is_torchs():
     extra = [n for n, p in ours.items() if p.kind is p.KEYWORD_ONLY]
     assert extra == ["fused", "preset", "eps_in_sqrt", "initial_square_avg", "lr_in_momentum", "nesterov",
                      "decoupled_weight_decay", "bias_correction", "op_order", "caution", "nonfinite",
-                     "state_precision", "stochastic_rounding", "rounding_seed"]
+                     "state_precision", "stochastic_rounding", "rounding_seed", "kahan_summation"]
 
 
 def test_defaults_are_torchs():

@@ -98,7 +98,8 @@ def apply(t: StepTensors, hyper: Hyper, *, path: str, differentiable: bool = Fal
         # DTensor parameters (FSDP2): the update is elementwise, so every path
         # runs on each rank's local shards, in place, without gathering.
         t = t._replace(**{name: local_tensors(getattr(t, name), differentiable)
-                          for name in ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers")})
+                          for name in ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers",
+                                       "comps")})
     PATHS[path](t, hyper, finite=finite, rounding_seed=rounding_seed)
 
 

@@ -24,11 +24,13 @@ from .engine import Hyper
 from .paths import choose_path
 from .paths.grouping import StepTensors
 from .precision import (
+    KAHAN_COMP,
     Buffer,
     get_buffer,
     has_buffer,
     in_storage,
     new_buffer,
+    new_comp,
     put_buffer,
     restore_,
     storage_refusal,
@@ -114,6 +116,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
     ``only``, plan that one parameter of the group (step_in_backward)."""
     checked = None if settings_checked else check_settings(opt, g, group)
     precision, rounding = group["state_precision"], group["stochastic_rounding"]
+    kahan = bool(group["kahan_summation"])
     plain = precision == "param" and not rounding  # the parameter's dtype; nothing to refuse but the dtype
     needs = [key for key, on in (("momentum_buffer", group["momentum"] != 0), ("grad_avg", group["centered"]))
              if on]
@@ -136,7 +139,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
             raise ValueError(f"{_who(group, g, j)} has shape {tuple(shape)}, {dtype}, on {p.device}; "
                              f"its gradient has shape {tuple(grad.shape)}, {grad_dtype}, on {grad.device}")
         if not plain or not same_dtype:  # (a gradient is floating point: so is its parameter, if alike)
-            reason = storage_refusal(p, precision, rounding)
+            reason = storage_refusal(p, precision, rounding, kahan)
             if reason is not None:
                 raise ValueError(f"{_who(group, g, j)}: {reason}")
         if group["caution"] and _sharded(p):
@@ -158,7 +161,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
                 ready = square_avg is not None and (
                     square_avg.dtype is dtype if plain and not quantized
                     else in_storage(square_avg, p, precision)) and (
-                    not needs or all(has_buffer(state, k) for k in needs))
+                    not needs or all(has_buffer(state, k) for k in needs)) and (KAHAN_COMP in state) == kahan
         else:
             ready = False
         if not same_dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
@@ -198,6 +201,8 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None) -> No
     square_avgs: list[Buffer] = []
     grad_avgs: list[Buffer] = []
     momentum_buffers: list[Buffer] = []
+    comps: list[Tensor] = []
+    kahan = group["kahan_summation"]
     steps: list[Tensor] = []
     states = plan.states if plan.states is not None else [ensure_state(opt, p, group) for p in plan.params]
     for state in states:
@@ -207,8 +212,10 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None) -> No
             grad_avgs.append(get_buffer(state, "grad_avg"))  # type: ignore[arg-type]
         if use_momentum:
             momentum_buffers.append(get_buffer(state, "momentum_buffer"))  # type: ignore[arg-type]
+        if kahan:
+            comps.append(state[KAHAN_COMP])
     tensors = StepTensors(plan.params, plan.grads, square_avgs, grad_avgs, momentum_buffers, steps,
-                          plan.idents)
+                          plan.idents, comps=comps)
     seed = group["rounding_seed"] if group["stochastic_rounding"] else None
     functional.apply(tensors, plan.hyper, path=plan.path, differentiable=group["differentiable"],
                      finite=finite, rounding_seed=seed)
@@ -218,7 +225,10 @@ def ensure_state(opt: RMSprop, p: Tensor, group: dict[str, Any]) -> dict[str, An
     """``p``'s state with every buffer the group's knobs need, in the group's
     storage. Buffers are created when first needed (switching momentum or
     centering on mid-run works), a changed ``state_precision`` converts the
-    state, and after ``share_memory()`` new buffers go to shared memory too."""
+    state, and after ``share_memory()`` new buffers go to shared memory too.
+    The Kahan compensation starts at zero when ``kahan_summation`` is
+    switched on, and is dropped when it is switched off (θ keeps the value
+    rounded to nearest; what c held, under half a bfloat16 step, is lost)."""
     state = opt.state[p]
     if not state:
         state.update(new_state(p, group))
@@ -237,6 +247,11 @@ def ensure_state(opt: RMSprop, p: Tensor, group: dict[str, Any]) -> dict[str, An
     if group["centered"] and not has_buffer(state, "grad_avg"):
         put_buffer(state, "grad_avg", new_buffer(p, precision, "grad_avg"))
         _share(opt, state)
+    if group["kahan_summation"] and KAHAN_COMP not in state:
+        state[KAHAN_COMP] = new_comp(p)
+        _share(opt, state)
+    elif not group["kahan_summation"]:
+        state.pop(KAHAN_COMP, None)
     return state
 
 
@@ -257,4 +272,6 @@ def new_state(p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         put_buffer(state, "momentum_buffer", new_buffer(p, precision, "momentum_buffer"))
     if group["centered"]:
         put_buffer(state, "grad_avg", new_buffer(p, precision, "grad_avg"))
+    if group.get("kahan_summation"):  # (a hand-built group may lack the storage rows)
+        state[KAHAN_COMP] = new_comp(p)
     return state

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, Scalar, bias_correction_factor, denominator_can_vanish
-from ..precision import BUFFERS, Buffer, load, store_, working_dtype, write_param_
+from ..precision import BUFFERS, Buffer, kahan_read, kahan_write_, load, store_, working_dtype, write_param_
 from ..quant import is_quantized, stored_dtype
 from .grouping import StepTensors, by_device_and_dtype
 
@@ -33,20 +33,22 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
     if not t.params or (finite is not None and not bool(finite)):
         return
     centered, use_momentum = hyper.centered, bool(hyper.momentum != 0)
-    for _, dtype, (p, g, v, m, b, steps, idents) in by_device_and_dtype(t, centered, use_momentum):
+    for _, dtype, (p, g, v, m, b, steps, idents, c) in by_device_and_dtype(t, centered, use_momentum):
         if dtype.is_complex:  # complex state is never 8-bit (rmsprop.precision.storage_refusal)
             p, g, v = _real(p), _real(g), _real(_plain(v))
             m, b = _real(_plain(m)), _real(_plain(b))
         stored = stored_dtype(v[0])
-        work = working_dtype(p[0].dtype, stored)  # the state's storage (rmsprop.precision)
+        work = working_dtype(p[0].dtype, stored, bool(c))  # the state's storage (rmsprop.precision)
         for chunk in _chunks(p):
             ps, gs, vs = p[chunk], g[chunk], v[chunk]
             ms = m[chunk] if centered else None
             bs = b[chunk] if use_momentum else None
+            cs = c[chunk] if c else None  # Kahan: x = θ + c
             if work == p[0].dtype and work == stored:  # plain state in θ's own dtype
                 _step_group(ps, gs, _plain(vs), _plain(ms), _plain(bs), steps[chunk], hyper)
             else:  # widen (or decode) a cache-sized chunk, step it, round (or encode) each result once
-                wide = (_load(ps, work), _load(gs, work), _load(vs, work), _load(ms, work), _load(bs, work))
+                xs = _load(ps, work) if cs is None else [kahan_read(x, y, work) for x, y in zip(ps, cs)]
+                wide = (xs, _load(gs, work), _load(vs, work), _load(ms, work), _load(bs, work))
                 _step_group(*wide, steps[chunk], hyper)
                 for spec, bufs, values in zip(BUFFERS, (vs, ms, bs), wide[2:]):  # v, ḡ, b
                     if bufs is None:
@@ -57,7 +59,10 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
                             store_(buf, value, rounding=(step, ident), key=spec.key)
                     else:
                         torch._foreach_copy_(_plain(bufs), values)
-                if rounding_seed is None:
+                if cs is not None:
+                    for param, comp, new in zip(ps, cs, wide[0]):
+                        kahan_write_(param, comp, new)
+                elif rounding_seed is None:
                     torch._foreach_copy_(ps, wide[0])
                 else:
                     for param, new, step, ident in zip(ps, wide[0], steps[chunk], idents[chunk]):

@@ -22,7 +22,8 @@ class StepTensors(NamedTuple):
     unless the knobs use them. ``idents`` are the parameters' stable
     identities (their indices in the optimizer, as state dicts number them),
     which salt stochastic rounding so that every path and mode draws the
-    same bits.
+    same bits. ``comps`` are bfloat16 parameters' Kahan compensations
+    (``kahan_summation``), empty unless the group keeps them.
     """
 
     params: list[Tensor]
@@ -32,6 +33,7 @@ class StepTensors(NamedTuple):
     momentum_buffers: Sequence[Buffer]
     steps: list[Tensor]
     idents: list[int]
+    comps: Sequence[Tensor] = ()
 
     def select(self, indices: list[int], centered: bool, use_momentum: bool) -> StepTensors:
         """The entries at ``indices`` (the optional lists only where used)."""
@@ -42,7 +44,7 @@ class StepTensors(NamedTuple):
         return StepTensors(pick(self.params), pick(self.grads), pick(self.square_avgs),
                            pick(self.grad_avgs) if centered else [],
                            pick(self.momentum_buffers) if use_momentum else [],
-                           pick(self.steps), pick(self.idents))
+                           pick(self.steps), pick(self.idents), comps=pick(self.comps) if self.comps else ())
 
 
 def by_device_and_dtype(t: StepTensors, centered: bool, use_momentum: bool
