@@ -181,7 +181,7 @@ def beyond(t: torch.Tensor | None, limit: float) -> bool:
 
 
 
-_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer", "step")
+_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer", "step", "kahan_comp")
 
 
 class Trial:

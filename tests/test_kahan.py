@@ -10,7 +10,7 @@ import torch
 import rmsprop
 from rmsprop.paths import PATHS as STEPS
 from rmsprop.paths.grouping import StepTensors
-from rmsprop.precision import KAHAN_COMP
+from rmsprop.precision import KAHAN_COMP, kahan_write_
 from rmsprop.settings import hyper_from, saved_defaults
 
 from helpers import grad_stream, make_params, needs_fused
@@ -97,6 +97,32 @@ def test_kahan_tracks_fp32_master_weights_far_more_closely_than_either_rounding(
     errors = {name: (theta - master).abs().mean().item() for name, theta in runs.items()}
     assert errors["kahan"] < 0.1 * errors["stochastic"] and errors["kahan"] < 0.1 * errors["nearest"], errors
     assert (runs["kahan"] == master.bfloat16().float()).float().mean() > 0.99
+
+
+def test_the_write_rounds_theta_as_torch_rounds_and_keeps_c_finite():
+    """θ is ``x.to(torch.bfloat16)`` bit for bit (computed on the bits, which a
+    compiled pass cannot skip), for float32 bit patterns of every kind, ties
+    included; c = x − θ exactly where it fits in bfloat16; where θ is not
+    finite (x NaN, ±inf, or past bfloat16's range) c is 0, so a parameter that
+    overflowed stays ±inf at the next step instead of turning NaN."""
+    bits = torch.randint(-2**31, 2**31 - 1, (1 << 16,), generator=torch.Generator().manual_seed(0),
+                         dtype=torch.int64).to(torch.int32)
+    ties = torch.randn(1024, generator=torch.Generator().manual_seed(1)).view(torch.int32) & -65536 | 0x8000
+    specials = torch.tensor([0.0, -0.0, 1.0, float("inf"), -float("inf"), float("nan"), 3.4e38, -3.4e38,
+                             1e-45, torch.finfo(torch.bfloat16).max])
+    x = torch.cat([bits.view(torch.float32), ties.view(torch.float32), specials])
+    theta, comp = torch.empty_like(x, dtype=torch.bfloat16), torch.empty_like(x, dtype=torch.bfloat16)
+    kahan_write_(theta, comp, x)
+    torch.testing.assert_close(theta, x.to(torch.bfloat16), rtol=0, atol=0, equal_nan=True)
+    finite = theta.isfinite()
+    assert torch.equal(comp[~finite], torch.zeros_like(comp[~finite])) and bool(comp.isfinite().all())
+    assert torch.equal(comp[finite], (x[finite] - theta[finite].float()).to(torch.bfloat16))
+    p = torch.nn.Parameter(torch.tensor([3.3e38, 1.0], dtype=torch.bfloat16))
+    opt = rmsprop.RMSprop([p], lr=1e38, state_precision="fp32", kahan_summation=True)
+    for _ in range(2):
+        p.grad = torch.tensor([-1.0, 1.0], dtype=torch.bfloat16)
+        opt.step()
+        assert p[0].item() == float("inf") and opt.state[p][KAHAN_COMP][0].item() == 0
 
 
 # ---------------------------------------------------------------- paths
