@@ -1,6 +1,7 @@
 """Does small state still train? Final loss per state_precision on a fixed task.
 
     .venv/bin/python benchmarks/low_memory_quality.py [--steps 300] [--seeds 3]
+    .venv/bin/python benchmarks/low_memory_quality.py --steps 1000 --only bf16
     .venv/bin/python benchmarks/low_memory_quality.py --outlier --steps 6000
 
 The task: a student MLP (256 → 512 → 256 → 1, tanh; 263k parameters, every
@@ -19,9 +20,16 @@ batch, ``--steps`` steps. Each configuration runs ``--seeds`` seeds
 loss, and the state's fidelity the largest |mean log(v / v of fp32 state)|
 of a weight matrix over the seeds (:func:`square_avg_bias`).
 
-Rows: fp32 state (the baseline), bf16 state, int8 state, bf16 parameters
-with fp32 state and stochastic rounding (against fp32 parameters), and the
-same bf16 parameters rounded to nearest. The loss goal is one-sided: at
+Rows: fp32 state (the baseline: fp32 parameters, computed in fp32), bf16 state, int8 state, bf16 parameters
+with fp32 state and stochastic rounding (against fp32 parameters), the same
+bf16 parameters rounded to nearest, and with a Kahan compensation
+(``kahan_summation``) under fp32 and under bf16 state; and fp32 parameters
+whose forward pass reads them rounded to bf16 (mixed precision's fp32
+master weights: the bf16 rows compute with bf16 weights too, so this is
+what they can hope for; its bf16 copy is not counted). Beside each: the bytes
+per parameter the optimizer keeps (parameters + state + compensation, the
+step counters left out) and how far its final weights are from the fp32
+run's (:func:`weights_off`). The loss goal is one-sided: at
 most 1% (2% for bf16 parameters) above fp32 state's; a lower loss is no
 defect. The v bias is shown beside it against :data:`BIAS_GOAL`: int8's
 codes are written to be unbiased in v, so a bias there is a broken codec;
@@ -80,15 +88,20 @@ def _data(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def train(state_precision: str, *, steps: int, seed: int, param_dtype: torch.dtype = torch.float32,
-          stochastic_rounding: bool = False, **path: bool) -> tuple[float, rmsprop.RMSprop]:
-    """Train one student; its held-out MSE and the optimizer (its state, its parameters)."""
+          stochastic_rounding: bool = False, kahan_summation: bool = False, bf16_forward: bool = False,
+          **path: bool) -> tuple[float, rmsprop.RMSprop]:
+    """Train one student; its held-out MSE and the optimizer (its state, its
+    parameters). ``bf16_forward``: the model computes with its weights
+    rounded to bf16, as mixed precision's bf16 copy of fp32 master weights."""
     x, y, x_test, y_test = _data(seed)
     model = _mlp(seed, param_dtype)
     opt = rmsprop.RMSprop(model.parameters(), **HYPER, state_precision=state_precision,
-                          stochastic_rounding=stochastic_rounding, rounding_seed=seed, **path)
+                          stochastic_rounding=stochastic_rounding, rounding_seed=seed,
+                          kahan_summation=kahan_summation, **path)
 
     def forward(inputs: Tensor) -> Tensor:  # float32 arithmetic whatever the parameters' storage
-        weights = {name: p.float() for name, p in model.named_parameters()}
+        weights = {name: p.bfloat16().float() if bf16_forward else p.float()
+                   for name, p in model.named_parameters()}
         return torch.func.functional_call(model, weights, (inputs,))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 - t / steps)
@@ -117,6 +130,31 @@ def square_avg_bias(opt: rmsprop.RMSprop, exact: rmsprop.RMSprop) -> float:
             w = load(get_buffer(exact.state[q], "square_avg"), torch.float64)
             biases.append(abs((v.log() - w.log()).mean().item()))
     return max(biases)
+
+
+def bytes_per_param(opt: rmsprop.RMSprop) -> float:
+    """What the optimizer keeps per parameter: the parameters, every state
+    tensor (8-bit codes and scales, a Kahan compensation) but the step counts."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    kept = sum(p.numel() * p.element_size() for p in params)
+    kept += sum(v.numel() * v.element_size() for p in params for k, v in opt.state[p].items() if k != "step")
+    return kept / sum(p.numel() for p in params)
+
+
+def weights_off(opt: rmsprop.RMSprop | None, exact: rmsprop.RMSprop, seed: int) -> float:
+    """How far ``opt``'s final weights are from ``exact``'s (fp32 parameters
+    and state, the same task and seed), as a share of how far training moved
+    those: ‖θ − θ_fp32‖ / ‖θ_fp32 − θ₀‖ over every parameter. A bf16 weight
+    is off by up to half its step anyway: ``opt=None`` measures that floor,
+    the fp32 weights rounded to bf16; what grows beyond it is updates lost
+    (rounding to nearest) or their noise (stochastic rounding)."""
+    start = [p.detach().double() for p in _mlp(seed).parameters()]
+    theirs = [p.detach().double() for p in exact.param_groups[0]["params"]]
+    ours = ([p.detach().bfloat16().double() for p in exact.param_groups[0]["params"]] if opt is None
+            else [p.detach().double() for p in opt.param_groups[0]["params"]])
+    off = sum(((a - b) ** 2).sum() for a, b in zip(ours, theirs))
+    moved = sum(((b - s) ** 2).sum() for b, s in zip(theirs, start))
+    return math.sqrt(float(off) / float(moved))
 
 
 # ----------------------------------------------------------------- broken codecs
@@ -195,6 +233,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only the rows whose label contains this")
     parser.add_argument("--outlier", action="store_true",
                         help="instead: how one huge gradient element moves the rest of its block")
     args = parser.parse_args()
@@ -208,24 +247,33 @@ def main() -> None:
     start = time.perf_counter()
     exact = [train("fp32", steps=n, seed=s) for s in seeds]
     base = statistics.fmean(loss for loss, _ in exact)
-    print(f"{'fp32 state (baseline)':38s} {base:.5f}")
-    print(f"{'':38s} {'loss':>7s}  {'vs fp32':>8s}  {'v bias':>6s}")
+    print(f"{'':38s} {'loss':>7s}  {'vs fp32':>8s}  {'v bias':>6s}  {'B/param':>7s}  {'θ off':>6s}")
+    print(f"{'fp32 state (baseline), fp32 params':38s} {base:.5f}  {'':8s}  {'':6s}  "
+          f"{bytes_per_param(exact[0][1]):7.2f}")
+    floor = statistics.fmean(weights_off(None, ref, s) for (_, ref), s in zip(exact, seeds))
+    print(f"{'  its weights rounded to bf16 (floor)':38s} {'':7s}  {'':8s}  {'':6s}  {'':7s}  {floor:6.3f}")
 
     def row(label: str, goal: float, precision: str, **kwargs) -> None:
+        if args.only not in label:
+            return
         runs = [train(precision, steps=n, seed=s, **kwargs) for s in seeds]
         loss = statistics.fmean(loss for loss, _ in runs)
         bias = max(square_avg_bias(opt, ref) for (_, opt), (_, ref) in zip(runs, exact))
+        off = statistics.fmean(weights_off(opt, ref, s) for (_, opt), (_, ref), s in zip(runs, exact, seeds))
         rel = (loss - base) / base
         loss_verdict = "meets" if rel <= goal else "misses"
         v_verdict = "within" if bias <= BIAS_GOAL else "off by more than"
-        print(f"{label:38s} {loss:.5f}  {rel:+8.2%}  {bias:6.3f}  "
-              f"loss {loss_verdict} ≤ {goal:+.0%}, v {v_verdict} {BIAS_GOAL}", flush=True)
+        print(f"{label:38s} {loss:.5f}  {rel:+8.2%}  {bias:6.3f}  {bytes_per_param(runs[0][1]):7.2f}  "
+              f"{off:6.3f}  loss {loss_verdict} ≤ {goal:+.0%}, v {v_verdict} {BIAS_GOAL}", flush=True)
 
     row("bf16 state", 0.01, "bf16")
     row("int8 state", 0.01, "int8")
     bf16 = dict(param_dtype=torch.bfloat16)
+    row("fp32 master weights, bf16 forward", 0.02, "fp32", bf16_forward=True)
     row("bf16 params, stochastic rounding", 0.02, "fp32", stochastic_rounding=True, **bf16)
     row("bf16 params, round to nearest", 0.02, "fp32", **bf16)
+    row("bf16 params, Kahan (fp32 state)", 0.02, "fp32", kahan_summation=True, **bf16)
+    row("bf16 params, Kahan (bf16 state)", 0.02, "bf16", kahan_summation=True, **bf16)
     for name in BROKEN:
         with broken_codec(name):
             row(f"int8, broken: {name}", 0.01, "int8")

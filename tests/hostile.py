@@ -186,7 +186,7 @@ def beyond(t: torch.Tensor | None, limit: float) -> bool:
 
 
 
-_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer", "ema", "step")
+_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer", "ema", "step", "kahan_comp")
 
 
 class Trial:

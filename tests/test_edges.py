@@ -338,7 +338,7 @@ def test_a_complex_parameter_cannot_load_into_an_int8_group(numel):
 
 # ---------------------------------------------------------------- 10: knobs="strict"
 @pytest.mark.parametrize("key,value", [("stochastic_rounding", True), ("rounding_seed", 3),
-                                       ("capturable", True)])
+                                       ("kahan_summation", True), ("capturable", True)])
 def test_strict_refuses_every_setting_that_changes_the_numbers(key, value):
     params = [torch.nn.Parameter(torch.randn(4).to(torch.bfloat16))]
     opt = rmsprop.RMSprop(params, state_precision="fp32")

@@ -116,6 +116,32 @@ def test_foreach_equals_reference_bit_for_bit_and_both_stay_sane(n_examples):
     _property(_check_reference_against_foreach, n_examples)
 
 
+def _check_kahan_reference_against_foreach(data) -> None:
+    """kahan_summation (bfloat16 parameters, a wider state): both paths read
+    θ + c and write θ and c with the same helpers, so they agree bit for bit."""
+    case_specs = data.draw(specs(dtypes=(torch.bfloat16,)), label="specs")
+    case_knobs = data.draw(knobs(), label="knobs")
+    precision = data.draw(st.sampled_from(("fp32", "bf16", "int8")), label="state_precision")
+    storage = {"kahan_summation": True, "state_precision": precision}
+    profiles = data.draw(grad_profiles(len(case_specs), STEPS), label="gradient profiles")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    ref = Trial(case_specs, {**case_knobs, **storage}, seed, foreach=False)
+    fe = Trial(case_specs, {**case_knobs, **storage}, seed, foreach=True)
+    for t, step_profiles in enumerate(profiles):
+        inputs_finite = all(finite(x) for x in ref.tensors() + ref.grads(t, step_profiles))
+        overflowed = overflows(ref, t, step_profiles, case_knobs)  # (replayed in float64, without c)
+        ref.step(t, step_profiles)
+        fe.step(t, step_profiles)
+        _assert_same_bits(fe.tensors(), ref.tensors(), f"step {t}")
+        _assert_sane(ref, [inputs_finite and not overflowed] * len(ref.params), f"step {t}")
+
+
+@pytest.mark.parametrize("n_examples", [pytest.param(20, id="20"),
+                                        pytest.param(500, id="500", marks=pytest.mark.slow)])
+def test_kahan_foreach_equals_reference_bit_for_bit_and_both_stay_sane(n_examples):
+    _property(_check_kahan_reference_against_foreach, n_examples)
+
+
 def _torch_knobs():
     """The knobs torch.optim.RMSprop has, extreme values included."""
     return knobs().map(lambda k: {key: k[key] for key in

@@ -146,7 +146,7 @@ def test_signature_is_torchs():
     assert extra == ["fused", "preset", "eps_in_sqrt", "initial_square_avg", "lr_in_momentum", "nesterov",
                      "decoupled_weight_decay", "bias_correction", "op_order", "caution", "agc_clip",
                      "max_grad_norm", "ema_decay", "ema_every", "ema_warmup", "nonfinite",
-                     "state_precision", "stochastic_rounding", "rounding_seed"]
+                     "state_precision", "stochastic_rounding", "rounding_seed", "kahan_summation"]
 
 
 def test_defaults_are_torchs():

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from . import quant
-from .precision import BUFFERS, SPEC, STATE_KEYS, restore_, storage_refusal
+from .precision import BUFFERS, KAHAN_COMP, SPEC, STATE_KEYS, restore_, storage_refusal
 from .presets import PRESETS
 from .settings import STRICT, by_role, check_group, saved_defaults
 
@@ -128,7 +128,8 @@ def settle(groups: list[dict[str, Any]], state: dict[Tensor, dict[str, Any]],
             )
         check_group(group, f"loaded state dict's param group {g}")
         for j, p in enumerate(group["params"]):
-            reason = storage_refusal(p, group["state_precision"], group["stochastic_rounding"])
+            reason = storage_refusal(p, group["state_precision"], group["stochastic_rounding"],
+                                     group["kahan_summation"])
             if reason is not None:
                 raise ValueError(f"loaded state dict's param group {g}, parameter {j}: {reason}")
     if knobs == "strict":
@@ -184,6 +185,8 @@ def _check_param_state(p_state: Any, p: Tensor, who: str) -> None:
     if missing:
         raise ValueError(f"{where} lacks {missing}")
     _check_step(p_state["step"], where)
+    if KAHAN_COMP in p_state:
+        _check_comp(p_state[KAHAN_COMP], p, where)
     for spec in BUFFERS:
         key = spec.key
         if key + quant.CODES in p_state or key + quant.ABSMAX in p_state:
@@ -213,6 +216,20 @@ def _check_param_state(p_state: Any, p: Tensor, who: str) -> None:
                              "leaves such state; its parameters are NaN too)")
         if not spec.signed and bool((real < 0).any()):
             raise ValueError(f"{where} has negative values in {key}, an average of squares")
+
+
+def _check_comp(comp: Any, p: Tensor, where: str) -> None:
+    """A Kahan compensation (kahan_summation): dense, bfloat16, the parameter's shape, finite."""
+    if not isinstance(comp, Tensor) or comp.layout != torch.strided or comp.is_meta:
+        kind = f"{comp.layout} tensor on {comp.device}" if isinstance(comp, Tensor) else type(comp).__name__
+        raise ValueError(f"{where} has {KAHAN_COMP} as a {kind}; it is a dense bfloat16 tensor")
+    if comp.dtype != torch.bfloat16 or comp.shape != p.shape:
+        raise ValueError(f"{where} has {KAHAN_COMP} of dtype {comp.dtype} and shape {tuple(comp.shape)}; "
+                         f"expected torch.bfloat16 and the parameter's shape {tuple(p.shape)}")
+    if comp.numel() > 1 and torch._debug_has_internal_overlap(comp) == 1:
+        raise ValueError(f"{where} has {KAHAN_COMP} with overlapping memory (stride {tuple(comp.stride())})")
+    if not bool(comp.isfinite().all()):
+        raise ValueError(f"{where} has NaN or infinite values in {KAHAN_COMP} (a compensation is finite)")
 
 
 def _check_step(step: Any, where: str) -> None:

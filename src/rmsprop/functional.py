@@ -102,7 +102,7 @@ def apply(t: StepTensors, hyper: Hyper, *, path: str, differentiable: bool = Fal
         # runs on each rank's local shards, in place, without gathering.
         t = t._replace(**{name: local_tensors(getattr(t, name), differentiable)
                           for name in ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers",
-                                       "emas")})
+                                       "emas", "comps")})
     PATHS[path](t, hyper, finite=finite, rounding_seed=rounding_seed, grad_scale=grad_scale)
 
 

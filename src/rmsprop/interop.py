@@ -129,7 +129,7 @@ def _stored(p: Tensor, precision: str, name: str, value: object, who: str) -> Te
     parts = torch.view_as_real(tensor) if tensor.is_complex() else tensor
     if name == "square_avg" and bool((parts < 0).any()):
         raise ValueError(f"{where} holds negative values; a mean of squares is >= 0")
-    reason = storage_refusal(p, precision, False)
+    reason = storage_refusal(p, precision, False, False)  # (how θ is written is not asked here)
     if reason is not None:
         raise ValueError(f"{who}: {reason}")
     buf = to_storage(tensor.contiguous(), p, precision, name)

@@ -180,6 +180,15 @@ class RMSprop(Optimizer):
             element): no generator state to save, every path and
             ``step_in_backward`` draw the same bits, and a resumed run draws
             them again (default: 0).
+        kahan_summation: keep a bfloat16 compensation c per bfloat16
+            parameter (Kahan summation, as optimi does): the update runs on
+            θ + c in float32, θ is written rounded to nearest and c keeps
+            what the rounding lost, so updates below half a bfloat16 step
+            add up, deterministically, for 2 more bytes per parameter
+            (state key ``"kahan_comp"``). Needs bfloat16 parameters and
+            state_precision "fp32", "bf16" or "int8"; not with
+            stochastic_rounding. Switched off, the compensation is dropped
+            at the group's next step; per group (default: False).
 
     State dicts have PyTorch's layout and cross-load with
     ``torch.optim.RMSprop`` both ways; by default the values a saved group
@@ -251,6 +260,7 @@ class RMSprop(Optimizer):
         state_precision: str = "param",
         stochastic_rounding: bool = False,
         rounding_seed: int = 0,
+        kahan_summation: bool = False,
     ) -> None:
         check_policy(nonfinite)
         check_max_norm(max_grad_norm)
@@ -270,6 +280,7 @@ class RMSprop(Optimizer):
             bias_correction=bias_correction, op_order=op_order, caution=caution, agc_clip=agc_clip,
             ema_decay=ema_decay, ema_every=ema_every, ema_warmup=ema_warmup, state_precision=state_precision,
             stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed,
+            kahan_summation=kahan_summation,
         )
         # Preset knobs the caller passed: they beat any preset, a group's own included.
         self._explicit = {k: arguments[k] for k in KNOBS if arguments[k] is not None}
@@ -333,8 +344,8 @@ class RMSprop(Optimizer):
             for j, p in enumerate([params] if isinstance(params, Tensor) else params):
                 if isinstance(p, tuple):  # named parameters
                     p = p[1]
-                reason = storage_refusal(p, merged["state_precision"], merged["stochastic_rounding"]) \
-                    if isinstance(p, Tensor) else None
+                reason = storage_refusal(p, merged["state_precision"], merged["stochastic_rounding"],
+                                         merged["kahan_summation"]) if isinstance(p, Tensor) else None
                 if reason is not None:
                     raise ValueError(f"parameter {j} of {where}: {reason}")
             for key, value in fill.items():

@@ -24,11 +24,13 @@ from .engine import Hyper
 from .paths import choose_path
 from .paths.grouping import StepTensors
 from .precision import (
+    KAHAN_COMP,
     Buffer,
     get_buffer,
     has_buffer,
     in_storage,
     new_buffer,
+    new_comp,
     put_buffer,
     restore_,
     storage_refusal,
@@ -114,6 +116,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
     ``only``, plan that one parameter of the group (step_in_backward)."""
     checked = None if settings_checked else check_settings(opt, g, group)
     precision, rounding = group["state_precision"], group["stochastic_rounding"]
+    kahan = bool(group["kahan_summation"])
     plain = precision == "param" and not rounding  # the parameter's dtype; nothing to refuse but the dtype
     needs = needed_buffers(group)
     all_states = opt.state
@@ -135,7 +138,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
             raise ValueError(f"{_who(group, g, j)} has shape {tuple(shape)}, {dtype}, on {p.device}; "
                              f"its gradient has shape {tuple(grad.shape)}, {grad_dtype}, on {grad.device}")
         if not plain or not same_dtype:  # (a gradient is floating point: so is its parameter, if alike)
-            reason = storage_refusal(p, precision, rounding)
+            reason = storage_refusal(p, precision, rounding, kahan)
             if reason is not None:
                 raise ValueError(f"{_who(group, g, j)}: {reason}")
         if _sharded(p):
@@ -163,7 +166,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
                 ready = square_avg is not None and (
                     square_avg.dtype is dtype if plain and not quantized
                     else in_storage(square_avg, p, precision)) and (
-                    not needs or all(has_buffer(state, k) for k in needs))
+                    not needs or all(has_buffer(state, k) for k in needs)) and (KAHAN_COMP in state) == kahan
         else:
             ready = False
         if not same_dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
@@ -212,6 +215,8 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None,
     grad_avgs: list[Buffer] = []
     momentum_buffers: list[Buffer] = []
     emas: list[Tensor] = []
+    comps: list[Tensor] = []
+    kahan = group["kahan_summation"]
     steps: list[Tensor] = []
     states = plan.states if plan.states is not None else [ensure_state(opt, p, group) for p in plan.params]
     for state in states:
@@ -223,8 +228,10 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None,
             momentum_buffers.append(get_buffer(state, "momentum_buffer"))  # type: ignore[arg-type]
         if use_ema:
             emas.append(state["ema"])
+        if kahan:
+            comps.append(state[KAHAN_COMP])
     tensors = StepTensors(plan.params, plan.grads, square_avgs, grad_avgs, momentum_buffers, steps,
-                          plan.idents, emas)
+                          plan.idents, emas, comps)
     seed = group["rounding_seed"] if group["stochastic_rounding"] else None
     functional.apply(tensors, plan.hyper, path=plan.path, differentiable=group["differentiable"],
                      finite=finite, rounding_seed=seed, grad_scale=grad_scale)
@@ -234,7 +241,10 @@ def ensure_state(opt: RMSprop, p: Tensor, group: dict[str, Any]) -> dict[str, An
     """``p``'s state with every buffer the group's knobs need, in the group's
     storage. Buffers are created when first needed (switching momentum or
     centering on mid-run works), a changed ``state_precision`` converts the
-    state, and after ``share_memory()`` new buffers go to shared memory too."""
+    state, and after ``share_memory()`` new buffers go to shared memory too.
+    The Kahan compensation starts at zero when ``kahan_summation`` is
+    switched on, and is dropped when it is switched off (θ keeps the value
+    rounded to nearest; what c held, under half a bfloat16 step, is lost)."""
     state = opt.state[p]
     if not state:
         state.update(new_state(p, group))
@@ -256,6 +266,11 @@ def ensure_state(opt: RMSprop, p: Tensor, group: dict[str, Any]) -> dict[str, An
     if group["ema_decay"] != 0 and "ema" not in state:
         state["ema"] = _new_average(p, precision)
         _share(opt, state)
+    if group["kahan_summation"] and KAHAN_COMP not in state:
+        state[KAHAN_COMP] = new_comp(p)
+        _share(opt, state)
+    elif not group["kahan_summation"]:
+        state.pop(KAHAN_COMP, None)
     return state
 
 
@@ -287,4 +302,6 @@ def new_state(p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         put_buffer(state, "grad_avg", new_buffer(p, precision, "grad_avg"))
     if group["ema_decay"] != 0:
         state["ema"] = _new_average(p, precision)
+    if group["kahan_summation"]:
+        state[KAHAN_COMP] = new_comp(p)
     return state

@@ -19,6 +19,13 @@ one pass). The step count is unaffected. :func:`get_buffer` and
 optimizer's state: a plain tensor under its key (``state["square_avg"]``) or,
 quantized, two plain tensors under ``"square_avg_codes"`` and
 ``"square_avg_absmax"``.
+
+``kahan_summation=True`` (bfloat16 parameters, a wider update) keeps one
+more tensor per parameter, :data:`KAHAN_COMP` (bfloat16, the parameter's
+shape): what rounding θ to bfloat16 lost at the last step. The update runs
+on x = θ + c and writes θ ← x' rounded to nearest, c ← x' − θ
+(:func:`kahan_read`, :func:`kahan_write_`), so θ + c carries about 16
+mantissa bits where θ alone has 8.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from .settings import PRECISIONS, check_precision
 __all__ = ["PRECISIONS", "BUFFERS", "Buffer", "BufferSpec", "STATE_KEYS", "state_dtype", "buffer_dtype",
            "working_dtype", "check_precision", "stochastic_round_", "write_param_", "new_buffer",
            "storage_refusal", "to_storage", "restore_", "load", "store_", "get_buffer", "put_buffer",
-           "has_buffer", "pop_buffer", "stored_keys"]
+           "has_buffer", "pop_buffer", "stored_keys", "KAHAN_COMP", "new_comp", "kahan_read", "kahan_write_"]
 
 Buffer = torch.Tensor | quant.Blockwise  # a state buffer as the paths see it
 
@@ -72,8 +79,12 @@ def stored_keys(key: str) -> tuple[str, ...]:
     return (key, key + quant.CODES, key + quant.ABSMAX)
 
 
+#: The state key of a bfloat16 parameter's Kahan compensation (``kahan_summation=True``):
+#: bfloat16, the parameter's shape, whatever ``state_precision`` says.
+KAHAN_COMP = "kahan_comp"
+
 #: Every key a parameter's state may hold.
-STATE_KEYS = frozenset(("step", *(k for b in BUFFERS for k in stored_keys(b.key))))
+STATE_KEYS = frozenset(("step", KAHAN_COMP, *(k for b in BUFFERS for k in stored_keys(b.key))))
 
 
 def state_dtype(param: torch.Tensor, precision: str) -> torch.dtype:
@@ -113,14 +124,17 @@ def new_buffer(param: torch.Tensor, precision: str, key: str, fill: float = 0.0)
     return buf
 
 
-def storage_refusal(param: torch.Tensor, precision: str, stochastic_rounding: bool) -> str | None:
+def storage_refusal(param: torch.Tensor, precision: str, stochastic_rounding: bool,
+                    kahan_summation: bool) -> str | None:
     """Why ``param`` cannot be stepped and stored as ``precision`` says, or
     None. Asked before a step or a load writes anything: the paths never refuse."""
     dtype = param.dtype
     if not (dtype.is_floating_point or dtype.is_complex):
         return f"parameters must be floating point or complex, not {dtype}"
-    if precision == "param" and not stochastic_rounding:
+    if precision == "param" and not stochastic_rounding and not kahan_summation:
         return None
+    if kahan_summation and dtype != torch.bfloat16:
+        return f"kahan_summation supports bfloat16 parameters, not {str(dtype).removeprefix('torch.')}"
     if param.is_complex() and precision in ("bf16", "int8"):
         return (f"state_precision={precision!r} needs real parameters (there is no complex "
                 f"{'bfloat16' if precision == 'bf16' else '8-bit state'}); this one is {param.dtype}")
@@ -213,10 +227,11 @@ def pop_buffer(state: dict[str, Any], key: str) -> torch.Tensor | quant.Blockwis
     return buf
 
 
-def working_dtype(param_dtype: torch.dtype, stored: torch.dtype) -> torch.dtype:
+def working_dtype(param_dtype: torch.dtype, stored: torch.dtype, kahan: bool = False) -> torch.dtype:
     """The dtype the update runs in: the parameter's own when the state shares
-    it (PyTorch's behaviour), else the widest of the two and float32."""
-    if stored == param_dtype:
+    it (PyTorch's behaviour), else the widest of the two and float32. With a
+    Kahan compensation (``kahan``), float32 at least, which holds θ + c exactly."""
+    if stored == param_dtype and not kahan:
         return param_dtype
     return torch.promote_types(torch.promote_types(param_dtype, stored), torch.float32)
 
@@ -249,6 +264,45 @@ def write_param_(dest: torch.Tensor, value: torch.Tensor, rounding_seed: int | N
         dest.copy_(value)
     else:
         stochastic_round_(dest, value, rounding_seed, step, _salt(ident, _PARAM_STREAM))
+
+
+# ------------------------------------------------------------ Kahan-compensated parameters
+def new_comp(param: torch.Tensor) -> torch.Tensor:
+    """A fresh compensation for bfloat16 ``param``: zeros, so that x = θ."""
+    return torch.zeros_like(param, dtype=torch.bfloat16, memory_format=torch.preserve_format)
+
+
+def kahan_read(param: torch.Tensor, comp: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The weight the update runs on, at ``dtype``: θ widened, plus its
+    compensation c when it keeps one, x = θ + c (exact in float32: |c| is
+    at most half a bfloat16 step of θ)."""
+    x = param.to(dtype)
+    return x if comp is None else x + comp.to(dtype)
+
+
+def kahan_write_(param: torch.Tensor, comp: torch.Tensor, value: torch.Tensor,
+                 keep: torch.Tensor | None = None) -> None:
+    """Write the updated weight x' (float32) back as θ ← x' rounded to the
+    nearest bfloat16 and c ← x' − θ rounded to bfloat16 (0 where θ is not
+    finite, so an overflowed θ stays ±inf rather than turning NaN). Where the
+    0-d bool ``keep`` is given and False, neither changes."""
+    value = value.float()
+    rounded = _nearest_bf16(value)
+    residual = torch.where(rounded.isfinite(), value - rounded, 0.0)  # exact: the two are that close
+    if keep is not None:
+        rounded, residual = torch.where(keep, rounded, param), torch.where(keep, residual, comp)
+    param.copy_(rounded)
+    comp.copy_(residual)
+
+
+def _nearest_bf16(value: torch.Tensor) -> torch.Tensor:
+    """float32 ``value`` rounded to the nearest bfloat16 (ties to even), as
+    float32: ``value.to(torch.bfloat16)``'s bits, computed on the integer
+    bits because Inductor drops a ``.to(bfloat16).to(float32)`` pair inside
+    a fused pass, which would make every residual 0. NaN stays NaN."""
+    bits = value.contiguous().view(torch.int32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).view(torch.float32)
+    return torch.where(value.isnan(), value, rounded)
 
 
 # ------------------------------------------------------------ reading and writing state

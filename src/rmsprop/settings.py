@@ -174,6 +174,8 @@ SETTINGS: tuple[Setting, ...] = (
             "how buffers are stored (the loading optimizer's choice)"),
     Setting("stochastic_rounding", "storage", False, _flag, True, "bf16 parameters written unbiased"),
     Setting("rounding_seed", "storage", 0, _whole(0), True, "seed of that rounding's bits"),
+    Setting("kahan_summation", "storage", False, _flag, True,
+            "bf16 parameters keep a bf16 compensation buffer (Kahan)"),
     Setting("preset", "label", "torch", _preset_name, False, "the preset that filled the knobs"),
     Setting("layout_version", "bookkeeping", 1, _whole(0), False, "state-dict layout"),
     Setting("skipped_steps", "bookkeeping", 0, _whole(0), False, "steps nonfinite='skip' skipped"),
@@ -216,6 +218,12 @@ _RULES: tuple[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]],
     (lambda g: g["stochastic_rounding"] and g["state_precision"] == "param",
      lambda g: "stochastic_rounding=True needs state_precision='fp32', 'bf16' or 'int8': under 'param' the "
                "update runs in the parameter's own dtype, so there is nothing wider to round"),
+    (lambda g: g["kahan_summation"] and g["stochastic_rounding"],
+     lambda g: "kahan_summation=True cannot run with stochastic_rounding=True: each is a way to write "
+               "bfloat16 parameters back from a wider update; pick one"),
+    (lambda g: g["kahan_summation"] and g["state_precision"] == "param",
+     lambda g: "kahan_summation=True needs state_precision='fp32', 'bf16' or 'int8': under 'param' the "
+               "update runs in the parameter's own dtype, so there is nothing wider to compensate"),
     (lambda g: g["differentiable"] and g["state_precision"] == "int8",
      lambda g: "differentiable=True cannot run with state_precision='int8': 8-bit codes are rounded "
                "integers, which carry no autograd history"),

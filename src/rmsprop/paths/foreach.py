@@ -25,7 +25,7 @@ from ..engine import (
     denominator_can_vanish,
     ema_weight,
 )
-from ..precision import BUFFERS, Buffer, load, store_, working_dtype, write_param_
+from ..precision import BUFFERS, Buffer, kahan_read, kahan_write_, load, store_, working_dtype, write_param_
 from ..quant import is_quantized, stored_dtype
 from .grouping import StepTensors, by_device_and_dtype
 
@@ -41,7 +41,10 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
     if not t.params or (finite is not None and not bool(finite)):
         return
     centered, use_momentum = hyper.centered, bool(hyper.momentum != 0)
-    for _, dtype, (p, g, v, m, b, steps, idents, e) in by_device_and_dtype(t, centered, use_momentum):
+    for _, dtype, group in by_device_and_dtype(t, centered, use_momentum):
+        p, g, v, m, b, steps, idents = group.params, group.grads, group.square_avgs, group.grad_avgs, \
+            group.momentum_buffers, group.steps, group.idents
+        e, c = group.emas, group.comps
         scale, h = grad_scale, hyper
         if dtype.is_complex:  # complex state is never 8-bit (rmsprop.precision.storage_refusal)
             # (0') reads each unit's norm, which the real view would split: clip first
@@ -49,18 +52,20 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
             p, g, v = _real(p), _real(g), _real(_plain(v))
             m, b = _real(_plain(m)), _real(_plain(b))
         stored = stored_dtype(v[0])
-        work = working_dtype(p[0].dtype, stored)  # the state's storage (rmsprop.precision)
+        work = working_dtype(p[0].dtype, stored, bool(c))  # the state's storage (rmsprop.precision)
         for chunk in _chunks(p):
             ps, gs, vs = p[chunk], g[chunk], v[chunk]
             ms = m[chunk] if centered else None
             bs = b[chunk] if use_momentum else None
             es = e[chunk] if e else None
+            cs = c[chunk] if c else None  # Kahan: x = θ + c
             if work == p[0].dtype and work == stored:  # plain state in θ's own dtype
                 _step_group(ps, _clipped(gs, ps, h, scale), _plain(vs), _plain(ms), _plain(bs),
                             steps[chunk], hyper)
                 _average(es, ps, steps[chunk], hyper)
             else:  # widen (or decode) a cache-sized chunk, step it, round (or encode) each result once
-                wide = (_load(ps, work), _load(gs, work), _load(vs, work), _load(ms, work), _load(bs, work))
+                xs = _load(ps, work) if cs is None else [kahan_read(x, y, work) for x, y in zip(ps, cs)]
+                wide = (xs, _load(gs, work), _load(vs, work), _load(ms, work), _load(bs, work))
                 _step_group(wide[0], _clipped(wide[1], wide[0], h, scale), *wide[2:], steps[chunk], hyper)
                 _average(es, wide[0], steps[chunk], hyper)
                 for spec, bufs, values in zip(BUFFERS, (vs, ms, bs), wide[2:]):  # v, ḡ, b
@@ -72,7 +77,10 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
                             store_(buf, value, rounding=(step, ident), key=spec.key)
                     else:
                         torch._foreach_copy_(_plain(bufs), values)
-                if rounding_seed is None:
+                if cs is not None:
+                    for param, comp, new in zip(ps, cs, wide[0]):
+                        kahan_write_(param, comp, new)
+                elif rounding_seed is None:
                     torch._foreach_copy_(ps, wide[0])
                 else:
                     for param, new, step, ident in zip(ps, wide[0], steps[chunk], idents[chunk]):

@@ -9,8 +9,9 @@ What is compiled in, and what is a runtime value:
 
 - compile-time: the boolean knobs (centered, maximize, eps_in_sqrt,
   lr_in_momentum, nesterov, decoupled_weight_decay, bias_correction), whether
-  weight decay and momentum are on at all, and the tensors' count, shapes,
-  dtype and device;
+  weight decay and momentum are on at all, whether bfloat16 parameters are
+  written with stochastic rounding or keep a Kahan compensation (storage
+  rows), and the tensors' count, shapes, dtype and device;
 - runtime, as 0-d float64 tensors, so that derived values such as 1 − α are
   exact before they meet the tensors, as with Python numbers on the other
   paths: lr, alpha and eps (zero or not) and the nonzero weight_decay and
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, _is_zero, clip_adaptive, rmsprop_update
-from ..precision import Buffer, load, store_, working_dtype, write_param_
+from ..precision import Buffer, kahan_read, kahan_write_, load, store_, working_dtype, write_param_
 from ..quant import Blockwise, is_quantized, stored_dtype
 from ..settings import by_role
 from .grouping import StepTensors, by_device_and_dtype
@@ -100,18 +101,20 @@ def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence
                 grad_avgs: Sequence[Buffer], momentum_buffers: Sequence[Buffer], steps: list[Tensor],
                 idents: tuple[int, ...], hyper: Hyper, compute: torch.dtype, finite: Tensor | None,
                 rounding_seed: int | None, emas: Sequence[Tensor], grad_scale: Tensor | None,
-                real_view: bool) -> None:
+                real_view: bool, comps: Sequence[Tensor]) -> None:
     """The traced body: (0)…(16) for every tensor at ``compute`` precision,
     written back in place (Inductor fuses the casts into the one pass). With
     a ``finite`` flag, each write keeps the old value where the flag is False:
     a select in the same pass, never a host sync. ``real_view``: the tensors
-    are complex ones' real views."""
+    are complex ones' real views. With ``comps`` (Kahan), the update runs on
+    θ + c and writes θ and c back, in the same pass."""
 
     def write(dest: Tensor, new: Tensor, old: Tensor) -> None:
         dest.copy_(new if finite is None else torch.where(finite, new, old))
 
     for i in range(len(params)):
-        p, v = params[i].to(compute), load(square_avgs[i], compute)
+        comp = comps[i] if comps else None
+        p, v = kahan_read(params[i], comp, compute), load(square_avgs[i], compute)
         m = load(grad_avgs[i], compute) if hyper.centered else None
         b = None if _is_zero(hyper.momentum) else load(momentum_buffers[i], compute)
         step = steps[i] + 1
@@ -124,7 +127,9 @@ def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence
         write(steps[i], step, steps[i])
         if new.ema is not None:
             write(emas[i], new.ema, emas[i])
-        if rounding_seed is not None and params[i].dtype != compute:
+        if comp is not None:
+            kahan_write_(params[i], comp, new.param, keep=finite)
+        elif rounding_seed is not None and params[i].dtype != compute:
             rounded = torch.empty_like(params[i])
             write_param_(rounded, new.param, rounding_seed, step, idents[i])
             write(params[i], rounded, params[i])
@@ -205,16 +210,17 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         p, g = _real(group.params), _real(group.grads)
         v, m, b = _real(group.square_avgs), _real(group.grad_avgs), _real(group.momentum_buffers)
         e = cast("list[Tensor]", _real(group.emas))
+        c = _real(list(group.comps))
         steps = group.steps
         quantized = is_quantized(v[0])
         # the random bits' salt is read only when rounding: elsewhere, one structure for any parameters
         idents = tuple(group.idents) if quantized or rounding_seed is not None else (0,) * len(p)
         # the state stored narrower (rmsprop.precision) widens to the working dtype
-        compute = working_dtype(_compute_dtype(dtype), stored_dtype(v[0]))
+        compute = working_dtype(_compute_dtype(dtype), stored_dtype(v[0]), bool(c))
         run_hyper = _runtime_hyper(hyper, device)
         scale = None if grad_scale is None else grad_scale.to(device)
         args = (p, g, v, m, b, steps, idents, run_hyper, compute, finite, rounding_seed, e, scale,
-                dtype.is_complex)
+                dtype.is_complex, c)
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
             _step_group(*args)
@@ -222,7 +228,7 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         key = (
             tuple(getattr(hyper, name) for name in STRUCTURE),
             tuple(getattr(hyper, name) != 0 for name in _STRUCTURAL_ZEROS), finite is not None,
-            grad_scale is not None, dtype.is_complex, rounding_seed, idents,
+            grad_scale is not None, dtype.is_complex, rounding_seed, bool(c), idents,
             str(device), p[0].dtype, stored_dtype(v[0]), steps[0].device.type,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )

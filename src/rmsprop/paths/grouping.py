@@ -22,7 +22,8 @@ class StepTensors(NamedTuple):
     unless the knobs use them. ``idents`` are the parameters' stable
     identities (their indices in the optimizer, as state dicts number them),
     which salt stochastic rounding so that every path and mode draws the
-    same bits.
+    same bits. ``comps`` are bfloat16 parameters' Kahan compensations
+    (``kahan_summation``), empty unless the group keeps them.
     """
 
     params: list[Tensor]
@@ -33,6 +34,7 @@ class StepTensors(NamedTuple):
     steps: list[Tensor]
     idents: list[int]
     emas: Sequence[Tensor] = ()  # the weights' averages (line (16)), empty unless the knobs use them
+    comps: Sequence[Tensor] = ()  # Kahan compensations of bf16 parameters, empty unless kahan_summation
 
     def select(self, indices: list[int], centered: bool, use_momentum: bool) -> StepTensors:
         """The entries at ``indices`` (the optional lists only where used)."""
@@ -43,7 +45,8 @@ class StepTensors(NamedTuple):
         return StepTensors(pick(self.params), pick(self.grads), pick(self.square_avgs),
                            pick(self.grad_avgs) if centered else [],
                            pick(self.momentum_buffers) if use_momentum else [],
-                           pick(self.steps), pick(self.idents), pick(self.emas) if self.emas else ())
+                           pick(self.steps), pick(self.idents), pick(self.emas) if self.emas else (),
+                           pick(self.comps) if self.comps else ())
 
 
 def by_device_and_dtype(t: StepTensors, centered: bool, use_momentum: bool

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..engine import Hyper, rmsprop_update
-from ..precision import load, store_, working_dtype, write_param_
+from ..precision import kahan_read, kahan_write_, load, store_, working_dtype, write_param_
 from ..quant import stored_dtype
 from .grouping import StepTensors
 
@@ -29,9 +29,11 @@ def reference_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None
         grad, square_avg, step, ident = t.grads[i], t.square_avgs[i], t.steps[i], t.idents[i]
         grad_avg = t.grad_avgs[i] if centered else None
         buf = t.momentum_buffers[i] if use_momentum else None
+        comp = t.comps[i] if t.comps else None  # Kahan: x = θ + c
         step += 1
-        work = working_dtype(param.dtype, stored_dtype(square_avg))  # the state's storage (rmsprop.precision)
-        theta = param.to(work)
+        # the state's storage (rmsprop.precision)
+        work = working_dtype(param.dtype, stored_dtype(square_avg), comp is not None)
+        theta = kahan_read(param, comp, work)
         if theta is param and param.requires_grad and torch.is_grad_enabled():
             # differentiable: (0') saves θ for its backward, and θ is written in place below
             theta = param.clone()
@@ -41,7 +43,10 @@ def reference_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None
             step, hyper, t.emas[i] if t.emas else None, grad_scale,
         )
 
-        write_param_(param, new.param, rounding_seed, step, ident)
+        if comp is not None:
+            kahan_write_(param, comp, new.param)
+        else:
+            write_param_(param, new.param, rounding_seed, step, ident)
         store_(square_avg, new.square_avg, rounding=(step, ident), key="square_avg")
         if grad_avg is not None:
             assert new.grad_avg is not None  # centered: the update returns ḡ
