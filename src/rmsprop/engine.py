@@ -165,6 +165,7 @@ def rmsprop_update(
     hyper: Hyper,
     ema: Tensor | None = None,
     grad_scale: Tensor | None = None,
+    ema_w: Scalar | None = None,
 ) -> NewState:
     """One RMSProp step for one tensor, out of place.
 
@@ -182,6 +183,8 @@ def rmsprop_update(
         ema: e, the average of the weights (used when ``hyper.ema_decay > 0``).
         grad_scale: line (0)'s factor min(1, c/(‖g‖ + 10⁻⁶)), a 0-d tensor
             computed over every gradient of the step (``max_grad_norm``), or None.
+        ema_w: (16)'s weight, :func:`ema_weight` of this step, when the caller
+            computed it already (the fused path: once per step, not per element).
 
     Returns:
         The new θ, v, ḡ, b and e; ḡ, b and e are ``None`` when the knobs do not use them.
@@ -193,7 +196,8 @@ def rmsprop_update(
     new = _update(param, grad, square_avg, grad_avg, momentum_buffer, step, hyper)
     if ema is None:
         return new
-    return new._replace(ema=average(ema, new.param, ema_weight(hyper, step)))  # (16)
+    weight = ema_weight(hyper, step) if ema_w is None else ema_w
+    return new._replace(ema=average(ema, new.param, weight))  # (16)
 
 
 def _update(

@@ -39,7 +39,7 @@ from typing import Any, cast, overload
 import torch
 from torch import Tensor
 
-from ..engine import Hyper, _is_zero, clip_adaptive, rmsprop_update
+from ..engine import Hyper, _is_zero, clip_adaptive, ema_weight, rmsprop_update
 from ..precision import Buffer, kahan_read, kahan_write_, load, store_, working_dtype, write_param_
 from ..quant import Blockwise, is_quantized, stored_dtype
 from ..settings import by_role
@@ -101,7 +101,7 @@ def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence
                 grad_avgs: Sequence[Buffer], momentum_buffers: Sequence[Buffer], steps: list[Tensor],
                 idents: tuple[int, ...], hyper: Hyper, compute: torch.dtype, finite: Tensor | None,
                 rounding_seed: int | None, emas: Sequence[Tensor], grad_scale: Tensor | None,
-                real_view: bool, comps: Sequence[Tensor]) -> None:
+                real_view: bool, comps: Sequence[Tensor], ema_ws: Sequence[Tensor]) -> None:
     """The traced body: (0)…(16) for every tensor at ``compute`` precision,
     written back in place (Inductor fuses the casts into the one pass). With
     a ``finite`` flag, each write keeps the old value where the flag is False:
@@ -123,7 +123,7 @@ def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence
             g = clip_adaptive(g if scale is None else g.mul(scale), p, hyper.agc_clip, real_view)
             scale = None
         new = rmsprop_update(p, g, v, m, b, step, hyper._replace(agc_clip=0.0),
-                             emas[i] if emas else None, scale)
+                             emas[i] if emas else None, scale, ema_ws[i] if emas else None)
         write(steps[i], step, steps[i])
         if new.ema is not None:
             write(emas[i], new.ema, emas[i])
@@ -220,7 +220,7 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         run_hyper = _runtime_hyper(hyper, device)
         scale = None if grad_scale is None else grad_scale.to(device)
         args = (p, g, v, m, b, steps, idents, run_hyper, compute, finite, rounding_seed, e, scale,
-                dtype.is_complex, c)
+                dtype.is_complex, c, _ema_weights(hyper, steps, device) if e else ())
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
             _step_group(*args)
@@ -233,6 +233,23 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )
         _compiled_for(key, quantized)(*args)
+
+
+def _ema_weights(hyper: Hyper, steps: Sequence[Tensor], device: torch.device) -> list[Tensor]:
+    """(16)'s weight of this step for each tensor, as 0-d float64 tensors computed
+    once per step here rather than per element inside the pass (the step counts
+    are read on the host only where they live on the CPU: engine.ema_weight)."""
+    out: list[Tensor] = []
+    seen: dict[float | int, Tensor] = {}
+    for step in steps:
+        key = float(step) if step.is_cpu and not torch.compiler.is_compiling() else id(step)
+        weight = seen.get(key)
+        if weight is None:
+            w = ema_weight(hyper, step + 1)
+            weight = seen[key] = (w.to(device) if isinstance(w, Tensor)
+                                  else torch.tensor(w, dtype=torch.float64, device=device))
+        out.append(weight)
+    return out
 
 
 @overload
