@@ -55,10 +55,15 @@ def _train(params, stream, **knobs):
     return opt, trajectory
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("decay,every,warmup", [(0.9, 1, False), (0.5, 3, False), (0.99, 1, True),
-                                                (0.999, 2, True)])
-def test_the_average_is_its_definition_and_leaves_the_weights_alone(path, decay, every, warmup):
+# The fused path compiles one structure per (ema_every, ema_warmup): two cover both switches.
+_DEFINITION_CASES = [pytest.param(path.values[0], combo, marks=path.marks, id=f"{path.id}-{combo}")
+                     for combo in [(0.9, 1, False), (0.5, 3, False), (0.99, 1, True), (0.999, 2, True)]
+                     for path in (PATHS if combo[1] > 1 else PATHS[:2])]
+
+
+@pytest.mark.parametrize("path,combo", _DEFINITION_CASES)
+def test_the_average_is_its_definition_and_leaves_the_weights_alone(path, combo):
+    decay, every, warmup = combo
     base = make_params(torch.float64, complex_too=True)
     stream = grad_stream(base, STEPS)
     with_ema, without = clone_params(base), clone_params(base)
