@@ -66,6 +66,22 @@ def run(
     return opt
 
 
+def train_cast(params, stream, **kwargs) -> rmsprop.RMSprop:
+    """``rmsprop.RMSprop(params, **kwargs)`` stepped over ``stream``, each
+    gradient cast to its parameter's dtype (narrow parameters, one stream)."""
+    opt = rmsprop.RMSprop(params, **kwargs)
+    for grads in stream:
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.to(p.dtype)
+        opt.step()
+    return opt
+
+
+#: Knobs that use every buffer (centered, momentum, decay): the low-precision tests' default.
+EVERY_BUFFER_KNOBS = {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, "momentum": 0.9, "centered": True,
+                      "weight_decay": 0.01}
+
+
 def clone_params(params):
     return [torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad) for p in params]
 

@@ -13,24 +13,15 @@ from rmsprop.paths.grouping import StepTensors
 from rmsprop.precision import KAHAN_COMP, kahan_write_
 from rmsprop.settings import hyper_from, saved_defaults
 
-from helpers import grad_stream, make_params, needs_fused
+from helpers import EVERY_BUFFER_KNOBS, grad_stream, make_params, needs_fused, train_cast
 
 PATHS = {"reference": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 EVERY_PATH = ["reference", "foreach", pytest.param("fused", marks=needs_fused)]
-KNOBS = {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, "momentum": 0.9, "centered": True, "weight_decay": 0.01}
+KNOBS = EVERY_BUFFER_KNOBS
 
 
 def _bf16(params):
     return [torch.nn.Parameter(p.detach().bfloat16(), requires_grad=p.requires_grad) for p in params]
-
-
-def _train(params, stream, **kwargs):
-    opt = rmsprop.RMSprop(params, **kwargs)
-    for grads in stream:
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else g.to(p.dtype)
-        opt.step()
-    return opt
 
 
 def _weights(opt, params):
@@ -139,7 +130,8 @@ def test_reference_and_foreach_agree_bit_for_bit(precision):
     runs = []
     for path in ("reference", "foreach"):
         params = _bf16(base)
-        opt = _train(params, stream, state_precision=precision, kahan_summation=True, **KNOBS, **PATHS[path])
+        opt = train_cast(params, stream, state_precision=precision, kahan_summation=True, **KNOBS,
+                         **PATHS[path])
         runs.append((params, opt))
     (a, opt_a), (b, opt_b) = runs
     for p, q in zip(a, b):
@@ -162,7 +154,7 @@ def test_fused_agrees_with_the_reference_in_theta_plus_c():
     runs = []
     for path in ("reference", "fused"):
         params = _bf16(base)
-        opt = _train(params, stream, state_precision="fp32", kahan_summation=True, **KNOBS, **PATHS[path])
+        opt = train_cast(params, stream, state_precision="fp32", kahan_summation=True, **KNOBS, **PATHS[path])
         runs.append(_weights(opt, params))
     for x, y in zip(*runs):
         assert torch.allclose(x, y, rtol=2e-5, atol=1e-7)

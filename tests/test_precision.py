@@ -9,21 +9,12 @@ import torch
 
 import rmsprop
 
-from helpers import clone_params, grad_stream, make_params, needs_fused
+from helpers import EVERY_BUFFER_KNOBS, clone_params, grad_stream, make_params, needs_fused, train_cast
 
 PATHS = {"reference": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 # Every path, the fused one under the shared marker (it needs a C++ compiler).
 EVERY_PATH = ["reference", "foreach", pytest.param("fused", marks=needs_fused)]
-KNOBS = {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, "momentum": 0.9, "centered": True, "weight_decay": 0.01}
-
-
-def _train(params, stream, **kwargs):
-    opt = rmsprop.RMSprop(params, **kwargs)
-    for grads in stream:
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else g.to(p.dtype)
-        opt.step()
-    return opt
+KNOBS = EVERY_BUFFER_KNOBS
 
 
 @pytest.mark.parametrize("param_dtype,precision,expected", [
@@ -33,7 +24,7 @@ def _train(params, stream, **kwargs):
 ])
 def test_buffers_are_stored_as_asked(param_dtype, precision, expected):
     params = make_params(param_dtype)
-    opt = _train(params, grad_stream(params, 2), state_precision=precision, **KNOBS)
+    opt = train_cast(params, grad_stream(params, 2), state_precision=precision, **KNOBS)
     for p in params:
         for key, value in opt.state[p].items():
             if key != "step":
@@ -74,8 +65,8 @@ def test_bf16_state_agrees_across_paths(path):
     base = make_params(torch.float32)
     stream = grad_stream(base, 6)
     ref, other = clone_params(base), clone_params(base)
-    opt_ref = _train(ref, stream, state_precision="bf16", **KNOBS, foreach=False)
-    opt = _train(other, stream, state_precision="bf16", **KNOBS, **PATHS[path])
+    opt_ref = train_cast(ref, stream, state_precision="bf16", **KNOBS, foreach=False)
+    opt = train_cast(other, stream, state_precision="bf16", **KNOBS, **PATHS[path])
     for a, b in zip(ref, other):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         for key, value in opt_ref.state[a].items():
@@ -107,9 +98,9 @@ def test_state_dict_keeps_the_stored_precision_and_resumes_exactly(precision):
     base = [torch.nn.Parameter(p.detach().to(dtype)) for p in make_params(torch.float32)[:3]]
     stream = grad_stream(base, 6)
     straight = clone_params(base)
-    _train(straight, stream, state_precision=precision, **KNOBS)
+    train_cast(straight, stream, state_precision=precision, **KNOBS)
     resumed = clone_params(base)
-    opt = _train(resumed, stream[:3], state_precision=precision, **KNOBS)
+    opt = train_cast(resumed, stream[:3], state_precision=precision, **KNOBS)
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
