@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
+import os
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from rmsprop.bench.measure import SCHEDULE_STEPS_PER_ROUND, CaseResult, PathResult, run_case
+from rmsprop.bench.measure import (
+    GPU_PATHS,
+    SCHEDULE_STEPS_PER_ROUND,
+    CaseResult,
+    PathResult,
+    _make_optimizer,
+    bytes_per_param,
+    memory_fit,
+    memory_needed,
+    run_case,
+)
 from rmsprop.bench.report import Progress, goals, plot
 from rmsprop.bench.roofline import Roofline, stream_probes, torch_probes
 from rmsprop.bench.workloads import (
+    GPU_SIZES,
     Case,
     Workload,
     build_cases,
@@ -27,7 +42,8 @@ from rmsprop.cli import main
 
 CASE_FIELDS = {"suite", "name", "config", "schedule", "numel", "tensors", "bytes_per_step", "roofline_s",
                "torch_default", "our_default", "results"}
-RESULT_FIELDS = {"path", "median_s", "round_s", "steps_per_round", "gbps", "roofline_pct", "x_roofline_time",
+RESULT_FIELDS = {"path", "state_precision", "bytes_per_step", "median_s", "round_s", "steps_per_round",
+                 "gbps", "roofline_pct", "x_roofline_time",
                  "speedup_vs_torch", "first_step_s", "compiles", "recompiles", "recompile_limit_hit",
                  "structures_compiled", "inductor_cache_hits", "peak_extra_bytes", "total_s", "steps",
                  "skipped"}
@@ -40,9 +56,10 @@ def test_quick_suite_writes_json_to_stdout_and_tables_to_stderr(capsys):
     out, err = capsys.readouterr()
     data = json.loads(out)  # stdout holds the JSON and nothing else
 
-    assert data["schema"] == "rmsprop-bench/1"
+    assert data["schema"] == "rmsprop-bench/2"
     assert {"machine", "settings", "roofline", "memory_method", "cases", "goals", "elapsed_s"} <= set(data)
     assert data["settings"]["rounds"] == 2
+    assert data["settings"]["time_limit_s"] is None and data["settings"]["memory_bytes"] is None
     assert data["settings"]["paths"] == ["torch-forloop", "torch-foreach", "reference", "foreach"]
     assert [c["name"] for c in data["cases"]] == ["1k in 16 tensors", "10k in 16 tensors", "RL MLP"]
     for case in data["cases"]:
@@ -53,6 +70,7 @@ def test_quick_suite_writes_json_to_stdout_and_tables_to_stderr(capsys):
         for result in case["results"]:
             assert set(result) == RESULT_FIELDS
             assert result["skipped"] is None
+            assert result["state_precision"] == "fp32" and result["bytes_per_step"] == case["bytes_per_step"]
             assert len(result["round_s"]) == 2 and result["steps_per_round"] >= 1
             for key in NUMBERS:
                 assert isinstance(result[key], float) and math.isfinite(result[key]), key
@@ -97,7 +115,9 @@ def test_out_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):
 
 
 def test_bad_options_are_refused(capsys):
-    for argv in (["--suite", "nope"], ["--paths", "foreach,turbo"], ["--rounds", "0"], ["--max-size", "x"]):
+    for argv in (["--suite", "nope"], ["--paths", "foreach,turbo"], ["--rounds", "0"], ["--max-size", "x"],
+                 ["--paths", "fused-int4"], ["--time-limit", "0"], ["--time-limit", "inf"],
+                 ["--time-limit", "x"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["bench", *argv])
         assert exit_info.value.code == 2
@@ -207,3 +227,205 @@ def test_compiles_and_recompiles_are_counted():
     assert compiled.compiles >= 1 and fused.compiles == 1
     assert compiled.recompiles >= 1 and fused.recompiles == 0
     assert compiled.steps == fused.steps == 1 + SCHEDULE_STEPS_PER_ROUND
+
+
+# ---------------------------------------------------------------- narrow state, bitsandbytes, the gpu suite
+
+def _no_bitsandbytes(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes now raises ImportError
+    monkeypatch.setitem(sys.modules, "bitsandbytes.optim", None)
+
+
+def test_new_paths_parse_and_name_their_state_precision():
+    from rmsprop.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--suite", "gpu", "--device", "cpu", "--time-limit", "90",
+                                      "--paths", "fused-int8,foreach-bf16,bnb-rmsprop8bit,bnb-rmsprop32bit"])
+    assert args.suite == [["gpu"]] and args.time_limit == 90.0
+    assert args.paths == ["fused-int8", "foreach-bf16", "bnb-rmsprop8bit", "bnb-rmsprop32bit"]
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    for path, want in (("fused-int8", (True, False, "int8")), ("foreach-bf16", (False, True, "bf16")),
+                       ("fused", (True, False, "param")), ("foreach+skip", (False, True, "param"))):
+        group = _make_optimizer(path, params, "plain").param_groups[0]
+        assert (group["fused"], group["foreach"], group["state_precision"]) == want, path
+    eight_bit = 12 + 2 * (1 + 4 / 256)  # a code per element and a float32 maximum per block of 256
+    narrow = ("fused", "fused-bf16", "fused-int8", "bnb-rmsprop8bit")
+    assert [bytes_per_param(p, "plain") for p in narrow] == [20, 16, eight_bit, eight_bit]
+    assert [bytes_per_param(p, "centered-momentum") for p in ("foreach", "foreach-bf16")] == [36, 24]
+
+
+def test_bitsandbytes_missing_or_centered_is_a_stated_skip(monkeypatch):
+    _no_bitsandbytes(monkeypatch)
+    case = Case("rl", Workload("RL MLP", rl_mlp_shapes()), "plain")
+    cr = run_case(case, ["foreach", "bnb-rmsprop8bit", "bnb-rmsprop32bit"], rounds=1,
+                  device=torch.device("cpu"), target_round_s=0.001)
+    assert cr.results["foreach"].skipped is None
+    for path in ("bnb-rmsprop8bit", "bnb-rmsprop32bit"):
+        assert cr.results[path].skipped.startswith("bitsandbytes is not importable here (ModuleNotFoundError")
+        assert cr.results[path].median_s is None
+    centered = Case("rl", Workload("RL MLP", rl_mlp_shapes()), "centered-momentum")
+    cr = run_case(centered, ["bnb-rmsprop8bit"], rounds=1, device=torch.device("cpu"), target_round_s=0.001)
+    assert cr.results["bnb-rmsprop8bit"].skipped == "bitsandbytes' RMSprop has no centered variant"
+
+
+def test_json_of_the_state_precision_and_peer_paths(monkeypatch, capsys):
+    _no_bitsandbytes(monkeypatch)
+    paths = ["foreach", "foreach-bf16", "foreach-int8", "bnb-rmsprop8bit", "bnb-rmsprop32bit"]
+    assert main(["bench", "--suite", "quick", "--paths", ",".join(paths), "--json", "-"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema"] == "rmsprop-bench/2" and data["settings"]["paths"] == paths
+    for case in data["cases"]:
+        assert set(case) == CASE_FIELDS
+        results = {r["path"]: r for r in case["results"]}
+        assert list(results) == paths
+        for r in results.values():
+            assert set(r) == RESULT_FIELDS
+        assert [results[p]["state_precision"] for p in paths] == ["fp32", "bf16", "int8", "int8", "fp32"]
+        assert results["foreach-bf16"]["bytes_per_step"] == 16 * case["numel"]
+        assert results["foreach-int8"]["bytes_per_step"] == math.ceil(case["numel"] * (14 + 8 / 256))
+        for p in ("foreach", "foreach-bf16", "foreach-int8"):
+            r = results[p]
+            assert r["skipped"] is None and r["median_s"] > 0
+            assert r["gbps"] == pytest.approx(r["bytes_per_step"] / r["median_s"] / 1e9)  # its own bytes
+        for p in ("bnb-rmsprop8bit", "bnb-rmsprop32bit"):
+            assert "bitsandbytes is not importable" in results[p]["skipped"]
+            assert results[p]["median_s"] is None
+    assert "state-precision" not in {g["goal"] for g in data["goals"]}  # no fused path was timed
+
+
+def test_narrow_state_and_bitsandbytes_goal_lines():
+    roofline = Roofline(gbps=20.0, best="probe", probes=[], numel=1)
+    big = Case("gpu", Workload("32M", split(2**25, 16)), "plain")
+    lines = {g["goal"]: g for g in goals([_fake(big, {"torch-forloop": 8.0, "fused": 2.0, "fused-bf16": 1.8,
+                                                      "fused-int8": 3.0, "bnb-rmsprop8bit": 6.0})], roofline)}
+    text = lines["state-precision"]["text"]
+    assert "32M plain bf16 0.90×; 32M plain int8 1.50×" in text and lines["state-precision"]["met"] is False
+    assert "bnb-rmsprop8bit / fused-int8 2.00×" in lines["bitsandbytes"]["text"]
+
+
+def test_the_gpu_suite_sweeps_sizes_then_the_model_shapes():
+    cases = build_cases(["gpu"], ["plain", "centered-momentum"], max_size=10**9)
+    assert {c.suite for c in cases} == {"gpu"} and all(not c.schedule for c in cases)
+    plain = [c for c in cases if c.config == "plain"]
+    assert [c.workload.numel for c in plain[:4]] == list(GPU_SIZES) == [2**20, 2**25, 10**8, 10**9]
+    assert all(c.workload.tensors == 16 for c in plain[:4])
+    assert [c.workload.name for c in plain[4:]] == ["ResNet-50", "GPT-2 small"]
+    capped = build_cases(["gpu"], ["plain"], max_size=10**8)
+    assert [c.workload.numel for c in capped][:4] == [2**20, 2**25, 10**8, 25_557_032]
+    every = build_cases(["size", "count", "models", "rl", "schedule"], ["plain"], 10**8)
+    assert "gpu" not in {c.suite for c in every}
+
+
+def test_the_memory_check_keeps_the_sizes_that_fit():
+    """Pure: device bytes in, the sizes that run out; every path's state is live at once."""
+    def fitting(gib: float, config: str = "plain") -> list[int]:
+        return [n for n in GPU_SIZES if memory_fit(n, GPU_PATHS, config, int(gib * 2**30)) is None]
+
+    assert fitting(139) == fitting(80) == list(GPU_SIZES)  # an H200 and an H100 take 1e9 plain
+    assert fitting(139, "centered-momentum") == list(GPU_SIZES)
+    assert fitting(80, "centered-momentum") == [2**20, 2**25, 10**8]  # three buffers per path
+    assert fitting(16) == [2**20, 2**25, 10**8]
+    assert fitting(1) == [2**20]
+    assert memory_fit(10**9, GPU_PATHS, "plain", None) is None  # CPU: not checked
+    # θ and g, every path's state, one step's allowance
+    assert memory_needed(10**6, ["foreach"], "plain") == 10**6 * (8 + 4 + 16)
+    assert memory_needed(10**6, ["foreach", "fused-bf16"], "centered-momentum") == 10**6 * (8 + 12 + 6 + 16)
+    assert memory_fit(10**9, GPU_PATHS, "plain", 16 * 2**30) == (
+        "needs about 47.5 GiB for 10 paths' state, θ and g; 16.0 GiB free")
+
+
+def test_a_case_that_does_not_fit_is_skipped_before_allocating():
+    case = Case("gpu", Workload("1e9 in 16 tensors", split(10**9, 16)), "plain")
+    cr = run_case(case, ["foreach", "fused"], rounds=1, device=torch.device("cpu"), memory_bytes=2**30)
+    for path in ("foreach", "fused"):
+        r = cr.results[path]
+        assert r.skipped.startswith("needs about") and r.median_s is None and r.steps == 0
+        assert r.bytes_per_step == 20 * 10**9
+    assert cr.torch_default == "torch-forloop" and cr.our_default in ("fused", "foreach")
+
+
+def test_time_limit_skips_the_cases_not_yet_started(capsys):
+    argv = ["bench", "--suite", "quick", "--paths", "foreach", "--time-limit", "1e-9", "--json", "-"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["settings"]["time_limit_s"] == 1e-9
+    for case in data["cases"]:
+        (result,) = case["results"]
+        assert result["skipped"].startswith("not started: --time-limit 1e-09 s passed")
+
+
+# ---------------------------------------------------------------- scripts/gpu_check.py (make gpu-check)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_without_cuda_refuses_with_status_2_and_starts_nothing(tmp_path):
+    out = tmp_path / "gpu"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # hides any GPU: the same answer everywhere
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out-dir", str(out)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "gpu-check: no CUDA device: nothing to check" in proc.stderr
+    assert "pytest" not in proc.stdout + proc.stderr and not out.exists()  # neither part started
+
+
+def test_gpu_check_runs_both_parts_and_fails_unless_both_pass(monkeypatch, tmp_path, capsys):
+    gpu_check = _gpu_check()
+    commands = []
+
+    def fake_part(name, command, log, timeout):
+        commands.append((name, command, timeout))
+        return (0 if name == "CUDA tests" else None), 1.0  # the benchmark "runs out of time"
+
+    monkeypatch.setattr(gpu_check, "cuda_missing", lambda: None)
+    monkeypatch.setattr(gpu_check, "run_part", fake_part)
+    assert gpu_check.main(["--out-dir", str(tmp_path), "--bench-time-limit", "100"]) == 1
+    (tests_name, tests, tests_limit), (bench_name, bench, bench_limit) = commands
+    assert tests[1:3] == ["-m", "pytest"] and "tests/test_cuda.py" in tests and tests_limit == 180
+    assert f"--junitxml={tmp_path / 'pytest.xml'}" in tests
+    joined = " ".join(bench)
+    assert "-m rmsprop bench --device cuda --suite gpu --config plain --max-size 1e9 --time-limit 100" \
+        in joined
+    assert f"--json {tmp_path / 'bench.json'}" in joined and bench_limit == 290
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "no JUnit XML" in summary and "GPU benchmark: ran out of time" in summary
+    assert summary.rstrip().endswith("gpu-check: FAILED") and "gpu-check: FAILED" in capsys.readouterr().out
+
+
+def test_gpu_check_summaries_read_pytest_and_bench_output(tmp_path, capsys):
+    gpu_check = _gpu_check()
+    junit = tmp_path / "pytest.xml"
+    junit.write_text('<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="3" failures="1" '
+                     'errors="0" skipped="1"><testcase name="test_a"/><testcase name="test_b">'
+                     '<failure message="AssertionError: param: the paths part">trace</failure></testcase>'
+                     '<testcase name="test_c"><skipped message="needs NCCL"/></testcase></testsuite>'
+                     '</testsuites>')
+    text, ok = gpu_check.junit_summary(junit)
+    assert not ok and text.startswith("1 passed, 1 failed, 1 skipped")
+    assert "failure: test_b: AssertionError: param: the paths part" in text
+    assert "skipped: test_c: needs NCCL" in text
+
+    assert main(["bench", "--suite", "quick", "--paths", "foreach,bnb-rmsprop8bit", "--json",
+                 str(tmp_path / "bench.json")]) == 0
+    capsys.readouterr()
+    text = gpu_check.bench_summary(tmp_path / "bench.json")
+    assert "median step, ms: case | foreach | bnb-rmsprop8bit" in text
+    assert "RL MLP (plain): " in text and "| skip" in text and "goal: RL net" in text
+    assert gpu_check.bench_summary(tmp_path / "missing.json").startswith("no bench JSON")
+
+
+def test_gpu_check_stops_a_part_at_its_time_limit(tmp_path):
+    gpu_check = _gpu_check()
+    sleeper = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+    code, seconds = gpu_check.run_part("sleeper", sleeper, tmp_path / "log", timeout=2)
+    assert code is None and seconds < 30
+    assert "up" in (tmp_path / "log").read_text() and "stopped after 2 s" in (tmp_path / "log").read_text()
+    code, _ = gpu_check.run_part("quick", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "l2", 30)
+    assert code == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import textwrap
 from dataclasses import asdict
 from typing import Any
 
@@ -14,7 +15,7 @@ import rmsprop
 
 from .. import cliutil
 from ..cliutil import Progress
-from .measure import COMPILED_PATHS, MEMORY_METHOD, CaseResult, PathResult
+from .measure import COMPILED_PATHS, MEMORY_METHOD, CaseResult, PathResult, state_precision
 from .roofline import Roofline, last_level_cache_bytes
 from .workloads import BYTES_PER_PARAM, Case
 
@@ -23,10 +24,11 @@ __all__ = [
     "to_json", "require_matplotlib", "plot", "format_time", "format_bytes",
 ]
 
-SCHEMA = "rmsprop-bench/1"
+SCHEMA = "rmsprop-bench/2"
 SUITE_TITLES = {"quick": "quick check", "size": "size sweep", "count": "tensor-count sweep",
                 "models": "model-shaped parameter lists", "rl": "small RL network",
-                "schedule": "lr schedule (ExponentialLR after every step)"}
+                "schedule": "lr schedule (ExponentialLR after every step)",
+                "gpu": "GPU: sizes in 16 tensors, GPT-2 small and ResNet-50 shapes"}
 
 
 # ---------------------------------------------------------------- formatting
@@ -91,7 +93,7 @@ def machine_line(info: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- tables
 
-_COLUMNS = (("case", 22, "<"), ("path", 16, "<"), ("step", 9, ">"), ("GB/s", 7, ">"), ("roofline", 8, ">"),
+_COLUMNS = (("case", 22, "<"), ("path", 18, "<"), ("step", 9, ">"), ("GB/s", 7, ">"), ("roofline", 8, ">"),
             ("vs torch", 8, ">"), ("1st step", 13, ">"), ("recompiles", 10, ">"), ("peak extra", 10, ">"))
 
 
@@ -109,13 +111,15 @@ def table_header(case: Case, roofline: Roofline) -> str:
 
 def derived(case: Case, result: PathResult, torch_result: PathResult | None,
             roofline: Roofline) -> dict[str, float | None]:
-    """GB/s, % of roofline, × roofline time and speed-up over torch's default."""
+    """GB/s, % of roofline, × roofline time and speed-up over torch's default; the bytes are the
+    path's own (its state's width)."""
     if result.median_s is None:
         return {"gbps": None, "roofline_pct": None, "x_roofline_time": None, "speedup_vs_torch": None}
-    floor = roofline.seconds(case.bytes_per_step)
+    nbytes = result.bytes_per_step or case.bytes_per_step
+    floor = roofline.seconds(nbytes)
     torch_s = torch_result.median_s if torch_result is not None else None
     return {
-        "gbps": case.bytes_per_step / result.median_s / 1e9,
+        "gbps": nbytes / result.median_s / 1e9,
         "roofline_pct": 100 * floor / result.median_s,
         "x_roofline_time": result.median_s / floor,
         "speedup_vs_torch": torch_s / result.median_s if torch_s else None,
@@ -146,14 +150,15 @@ def case_rows(cr: CaseResult, case: Case, roofline: Roofline) -> list[str]:
         if case.schedule:
             row += f"  {format_time(r.total_s)} ({r.steps})"
         rows.append(row)
-    if case.suite == "models":
+    if case.suite in ("models", "gpu") and case.workload.tensors != 16:
         rows.append(_row(["", f"({case.workload.tensors} tensors, {case.workload.numel:,} params)"]))
     return rows
 
 
 LEGEND = """\
-step: median over rounds of the mean step time; GB/s: bytes the step must move / step; roofline: % of the
-best probe's bandwidth (in-cache sizes can pass 100%); vs torch: torch's default step time / this one;
+step: median over rounds of the mean step time; GB/s: bytes the step must move (its state at the path's
+width: -bf16, -int8 and bnb paths move fewer) / step; roofline: % of the best probe's bandwidth (in-cache
+sizes can pass 100%); vs torch: torch's default step time / this one;
 1st step: includes compiling, or allocating the state ((c): Inductor's on-disk cache was hit);
 recompiles: graphs compiled after the first step ((limit): Dynamo's recompile limit hit, eager after it);
 peak extra: peak bytes of the tensors one step allocates (CPU: torch profiler allocation events, not RSS);
@@ -196,7 +201,7 @@ def goals(results: list[CaseResult], roofline: Roofline) -> list[dict[str, Any]]
             f"time, {speedup:.2f}× faster than torch's default ({cr.torch_default}) (goal ≥3×)",
             speedup, speedup >= 3)
     else:
-        add("32M-16", "32M fp32 in 16 tensors: not measured (needs --suite size, --max-size ≥ 3.4e7, "
+        add("32M-16", "32M fp32 in 16 tensors: not measured (needs --suite size or gpu, --max-size ≥ 3.4e7, "
             "paths fused and torch's default)")
 
     parts = []
@@ -207,7 +212,8 @@ def goals(results: list[CaseResult], roofline: Roofline) -> list[dict[str, Any]]
         if cr and fused and base:
             parts.append(f"{name} fused {base / fused:.2f}× faster than torch's default "
                          f"({fused / roofline.seconds(cr.case.bytes_per_step):.2f}× roofline time)")
-    add("models", "; ".join(parts) if parts else "GPT-2 / ResNet-50: not measured (needs --suite models)")
+    add("models", "; ".join(parts) if parts
+        else "GPT-2 / ResNet-50: not measured (needs --suite models or gpu)")
 
     cr = _find(results, name="RL MLP")
     ours = cr and _median(cr, cr.our_default)
@@ -251,6 +257,27 @@ def goals(results: list[CaseResult], roofline: Roofline) -> list[dict[str, Any]]
     if parts:
         add("nonfinite", "nonfinite='skip' costs (goal ≈ one extra read of the gradients: ≤20% of the plain "
             "fused step, ≤11% centered + momentum): " + "; ".join(parts))
+
+    parts, met = [], []
+    for cr in results:
+        for path, goal in (("fused-bf16", 1.0), ("fused-int8", 1.3)):
+            plain, narrow = _median(cr, "fused"), _median(cr, path)
+            if plain and narrow:
+                met.append(narrow / plain <= goal)
+                parts.append(f"{cr.case.workload.name} {cr.case.config} {state_precision(path)} "
+                             f"{narrow / plain:.2f}×")
+    if parts:
+        add("state-precision", "fused step with narrower state / with fp32 state (goal ≤1.0× bf16, "
+            "≤1.3× int8): " + "; ".join(parts), None, all(met))
+
+    parts = []
+    for cr in results:
+        for mine, peer in (("fused-int8", "bnb-rmsprop8bit"), ("fused", "bnb-rmsprop32bit")):
+            a, b = _median(cr, mine), _median(cr, peer)
+            if a and b:
+                parts.append(f"{cr.case.workload.name} {cr.case.config} {peer} / {mine} {b / a:.2f}×")
+    if parts:
+        add("bitsandbytes", "bitsandbytes' step time / ours (>1: ours faster): " + "; ".join(parts))
     return lines
 
 
@@ -299,7 +326,7 @@ def plot(filename: str, shown: list[tuple[Case, CaseResult]], roofline: Roofline
 
     panels: dict[tuple[str, str], list[tuple[Case, CaseResult]]] = {}
     for case, cr in shown:
-        if case.suite in ("size", "count") and not case.schedule:
+        if case.suite in ("size", "count", "gpu") and not case.schedule:
             panels.setdefault((case.suite, case.config), []).append((case, cr))
     if not panels:
         for case, cr in shown:
@@ -311,12 +338,19 @@ def plot(filename: str, shown: list[tuple[Case, CaseResult]], roofline: Roofline
                        key=lambda x: x[0].workload.tensors if by_count else x[0].workload.numel)
         xs_of = (lambda c: c.workload.tensors) if by_count else (lambda c: c.workload.numel)
         names = list(dict.fromkeys(p for _, cr in items for p in cr.results))
+        # the gpu suite's model shapes are points beside its 16-tensor sweep, not on its lines
+        gpu = suite == "gpu"
         for name in names:
-            pts = [(xs_of(c), median * 1e3) for c, cr in items
+            pts = [(xs_of(c), median * 1e3, gpu and c.workload.tensors != 16) for c, cr in items
                    if name in cr.results and (median := cr.results[name].median_s)]
-            if pts:
-                style = "--" if name.startswith("torch") else "-"
-                ax.plot(*zip(*pts), style, marker="o", markersize=4, label=name)
+            line = [(x, y) for x, y, alone in pts if not alone]
+            style = "--" if name.startswith("torch") else "-"
+            color = None
+            if line:
+                color = ax.plot(*zip(*line), style, marker="o", markersize=4, label=name)[0].get_color()
+            points = [(x, y) for x, y, alone in pts if alone]
+            if points:
+                ax.plot(*zip(*points), "x", markersize=7, color=color, label=None if line else name)
         floor = [(xs_of(c), roofline.seconds(c.bytes_per_step) * 1e3) for c, _ in items]
         ax.plot(*zip(*floor), ":", color="black", label=f"roofline ({roofline.gbps:.1f} GB/s)")
         ax.set_xscale("log")
@@ -337,7 +371,10 @@ def plot(filename: str, shown: list[tuple[Case, CaseResult]], roofline: Roofline
         ax.set_ylabel("median time per step (ms)")
         ax.set_title(f"{SUITE_TITLES.get(suite, 'all cases')} · {config}")
         ax.legend(fontsize=8, framealpha=0.5)
-    fig.suptitle(f"rmsprop bench — {machine_line(machine)[9:]}", fontsize=9)
+    if any(suite == "gpu" for suite, _ in panels):
+        axes[0][0].annotate("×: ResNet-50 and GPT-2 small shapes", (0.02, 0.02), xycoords="axes fraction",
+                            fontsize=8)
+    fig.suptitle(textwrap.fill(f"rmsprop bench — {machine_line(machine)[9:]}", 70 * len(panels)), fontsize=9)
     fig.tight_layout()
     fig.savefig(filename, dpi=120)
     plt.close(fig)

@@ -8,14 +8,14 @@ from typing import TypedDict
 
 __all__ = [
     "SUITES", "CONFIGS", "Knobs", "BYTES_PER_PARAM", "SIZES", "COUNTS", "COUNT_TOTAL", "SCHEDULE_TOTAL",
-    "Workload", "Case", "split", "gpt2_small_shapes", "resnet50_shapes", "rl_mlp_shapes", "build_cases",
-    "format_count",
+    "GPU_SIZES", "Workload", "Case", "split", "gpt2_small_shapes", "resnet50_shapes", "rl_mlp_shapes",
+    "build_cases", "format_count",
 ]
 
 Shape = tuple[int, ...]
 
-#: Suites in the order they run; "all" means every one but "quick".
-SUITES = ("quick", "size", "count", "models", "rl", "schedule")
+#: Suites in the order they run; "all" means every one but "quick" and "gpu".
+SUITES = ("quick", "size", "count", "models", "rl", "schedule", "gpu")
 
 class Knobs(TypedDict, total=False):
     """The settings a config changes from PyTorch's defaults (both optimizers take them)."""
@@ -46,6 +46,11 @@ COUNT_TOTAL = 2**25
 
 #: Schedule suite: this many parameters in 16 tensors, lr changed after every step.
 SCHEDULE_TOTAL = 2**22
+
+#: GPU suite: these totals in 16 tensors (up to --max-size; a size whose tensors do not fit the
+#: device's memory is skipped with the reason, measure.memory_fit), then the ResNet-50 and GPT-2
+#: small shapes (last: compiling 150-odd tensors takes longest, and --time-limit drops the last).
+GPU_SIZES = (2**20, 2**25, 10**8, 10**9)
 
 
 def format_count(n: int) -> str:
@@ -151,7 +156,7 @@ def _sweep(total: int, count: int) -> Workload:
 
 def build_cases(suites: list[str], configs: list[str], max_size: float) -> list[Case]:
     """The cases of ``suites`` × ``configs``, in suite order. ``max_size`` caps the
-    size and count sweeps (the model, RL and schedule shapes are fixed)."""
+    size, count and GPU sweeps (the model, RL and schedule shapes are fixed)."""
     cases: list[Case] = []
     for suite in SUITES:
         if suite not in suites:
@@ -174,4 +179,9 @@ def build_cases(suites: list[str], configs: list[str], max_size: float) -> list[
                 workload = _sweep(SCHEDULE_TOTAL, SIZE_SWEEP_TENSORS)
                 cases.append(Case("schedule", Workload(workload.name + ", ExponentialLR", workload.shapes),
                                   config, schedule=True))
+            elif suite == "gpu":
+                cases += [Case("gpu", _sweep(n, SIZE_SWEEP_TENSORS), config)
+                          for n in GPU_SIZES if n <= max_size]
+                cases.append(Case("gpu", Workload("ResNet-50", resnet50_shapes()), config))
+                cases.append(Case("gpu", Workload("GPT-2 small", gpt2_small_shapes()), config))
     return cases
