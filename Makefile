@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench parity goldens clean figures tutorial docs integration
+.PHONY: demo test test-slow lint bench parity goldens clean figures tutorial docs integration gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ clean:
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_paths.py
+
+# On a machine with CUDA: every CUDA test, then `rmsprop bench --device cuda --suite gpu`, under hard
+# time limits (< 8 min on one H100/H200); logs, JSON, plot and summary in build/gpu/. Without a GPU it
+# exits with status 2, never 0. Where torch comes with the machine: `python3 scripts/gpu_check.py`.
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py
 
 # See it work's pictures (docs/see-it-work.md) and the numbers beside them, from the commands themselves.
 figures: $(STAMP)
