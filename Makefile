@@ -65,6 +65,10 @@ clean:
 bench: $(STAMP)
 	$(PY) benchmarks/bench_paths.py
 
+.PHONY: profile
+profile: $(STAMP)                  # where a fused step's time goes, per workload (docs/performance.md)
+	$(PY) benchmarks/profile_step.py
+
 # On a machine with CUDA: every CUDA test, then `rmsprop bench --device cuda --suite gpu`, under hard
 # time limits (< 8 min on one H100/H200); logs, JSON, plot and summary in build/gpu/. Without a GPU it
 # exits with status 2, never 0. Where torch comes with the machine: `python3 scripts/gpu_check.py`.
