@@ -264,6 +264,9 @@ def _real(tensors: Sequence[Buffer]) -> Sequence[Buffer]:
     inputs)."""
     out: list[Buffer] = []
     for x in tensors:
+        if type(x) is Tensor and not x.requires_grad and x.dim() and not x.is_complex():
+            out.append(x)  # already one (a state buffer, a gradient): no new view, ~1 µs a tensor
+            continue
         if isinstance(x, Blockwise):  # 8-bit state (rmsprop.quant): codes and scales, never complex or 0-d
             out.append(Blockwise(x.codes.detach(), x.absmax.detach()))
             continue
