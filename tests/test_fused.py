@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import rmsprop
-from rmsprop.paths import AUTO_FUSED_MIN_NUMEL, choose_path, fused
+from rmsprop.paths import AUTO_FUSED, auto_fused, choose_path, fused
 
 from cases import MOMENTUM_MODES, every_combination, pairwise_combinations
 from helpers import clone_params, grad_stream, make_params, needs_fused
@@ -261,7 +261,8 @@ def test_fused_refuses_without_a_compiler_or_when_turned_off(monkeypatch):
     monkeypatch.setenv("RMSPROP_DISABLE_COMPILE", "1")
     with pytest.raises(ValueError, match="turned off by RMSPROP_DISABLE_COMPILE=1"):
         choose_path(params, None, False, True)
-    assert choose_path([torch.zeros(AUTO_FUSED_MIN_NUMEL)], None, False, None) == "foreach"
+    big = [torch.empty(n) for n in split_sizes(max(r.min_numel for r in AUTO_FUSED.values()) + 1, 1)]
+    assert choose_path(big, None, False, None) == "foreach"  # compiling is off: never picked
     monkeypatch.delenv("RMSPROP_DISABLE_COMPILE")
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(fused.shutil, "which", lambda name: None)
@@ -275,13 +276,44 @@ def test_fused_refuses_without_a_compiler_or_when_turned_off(monkeypatch):
         choose_path([torch.zeros(3, dtype=torch.int64)], None, False, True)
 
 
+def split_sizes(total: int, count: int) -> list[int]:
+    """``total`` elements as ``count`` sizes that differ by at most one."""
+    return [total // count + (i < total % count) for i in range(count)]
+
+
+@pytest.mark.parametrize("precision", sorted(AUTO_FUSED))
+def test_the_automatic_rule_compiles_from_its_thresholds_on(precision):
+    rule = AUTO_FUSED[precision]
+    count = max(1, min(1000, rule.min_numel // max(1, rule.min_per_tensor)))
+    at = max(rule.min_numel, rule.min_per_tensor * count)
+    assert auto_fused(at, count, precision)
+    assert not auto_fused(at - 1, count, precision) or at - 1 >= rule.min_numel and rule.min_per_tensor == 0
+    assert not auto_fused(rule.min_numel - 1, 1, precision)  # too small in all
+    if rule.min_per_tensor > 1:  # the same total spread over too many tensors
+        many = rule.min_numel // rule.min_per_tensor + 1
+        total = rule.min_per_tensor * many - 1
+        assert total >= rule.min_numel and not auto_fused(total, many, precision)
+        assert auto_fused(total + 1, many, precision)
+    assert not auto_fused(0, 0, precision)
+
+
+def test_param_precision_follows_the_fp32_row():
+    for numel, count in ((1, 1), (10**5, 16), (10**6, 100), (10**7, 16), (2**25, 1000)):
+        assert auto_fused(numel, count, "param") == auto_fused(numel, count, "fp32")
+
+
 @needs_fused
-def test_automatic_choice_compiles_only_large_groups():
-    big = [torch.empty(AUTO_FUSED_MIN_NUMEL)]
-    assert choose_path(big, None, False, None) == "fused"
-    assert choose_path(big, None, False, False) == "foreach"  # fused=False: never compile
-    assert choose_path(big, False, False, None) == "reference"  # an explicit choice wins
-    assert choose_path([torch.empty(AUTO_FUSED_MIN_NUMEL - 1)], None, False, None) == "foreach"
+@pytest.mark.parametrize("precision", sorted(AUTO_FUSED))
+def test_automatic_choice_compiles_only_where_the_rule_says(precision):
+    rule = AUTO_FUSED[precision]
+    count = 16
+    at = max(rule.min_numel, rule.min_per_tensor * count)
+    big = [torch.empty(n) for n in split_sizes(at, count)]
+    assert choose_path(big, None, False, None, precision) == "fused"
+    assert choose_path(big, None, False, False, precision) == "foreach"  # fused=False: never compile
+    assert choose_path(big, False, False, None, precision) == "reference"  # an explicit choice wins
+    small = [torch.empty(n) for n in split_sizes(at - 1, count)]
+    assert choose_path(small, None, False, None, precision) == "foreach"
 
 
 @needs_fused

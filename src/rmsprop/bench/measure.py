@@ -165,9 +165,11 @@ def torch_default_path(params: Sequence[torch.Tensor]) -> str:
     return "torch-foreach" if foreach else "torch-forloop"
 
 
-def our_default_path(params: Sequence[torch.Tensor]) -> str:
-    """The path ``rmsprop.RMSprop(params)`` takes (fused=None, foreach=None)."""
-    return choose_path(params, foreach=None, differentiable=False, fused=None)
+def our_default_path(params: Sequence[torch.Tensor], state_precision: str = "param") -> str:
+    """The path ``rmsprop.RMSprop(params, state_precision=state_precision)`` takes (fused=None,
+    foreach=None); the cases' ``our_default`` is the one at the parameters' precision."""
+    return choose_path(params, foreach=None, differentiable=False, fused=None,
+                       state_precision=state_precision)
 
 
 def _make_optimizer(path: str, params: list[torch.nn.Parameter], config: str) -> torch.optim.Optimizer:

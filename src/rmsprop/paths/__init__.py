@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from torch import Tensor
 from torch.nn import Parameter
@@ -17,11 +18,26 @@ from .foreach import foreach_step
 from .fused import fused_step, fused_unavailable_reason
 from .reference import reference_step
 
-__all__ = ["PATHS", "AUTO_FUSED_MIN_NUMEL", "choose_path", "foreach_step", "fused_step", "reference_step"]
+__all__ = ["PATHS", "AUTO_FUSED", "AutoFused", "auto_fused", "choose_path", "foreach_step", "fused_step",
+           "reference_step"]
 
-#: The automatic choice compiles a group only from this many elements on: below
-#: it, the first step's compile costs more than a long run saves (docs/paths.md).
-AUTO_FUSED_MIN_NUMEL = 1 << 22
+
+class AutoFused(NamedTuple):
+    """Where the automatic choice compiles a group: from ``min_numel`` elements in
+    all and ``min_per_tensor`` elements per tensor on average (the fused step pays
+    a fixed Python and guard cost per tensor that foreach's does not)."""
+
+    min_numel: int
+    min_per_tensor: int
+
+
+#: The automatic choice's thresholds per state precision ("fp32" also stands for
+#: "param"), fitted to benchmarks/path_choice.py's table (docs/paths.md).
+AUTO_FUSED: dict[str, AutoFused] = {
+    "fp32": AutoFused(1 << 22, 0),
+    "bf16": AutoFused(1 << 22, 0),
+    "int8": AutoFused(1 << 22, 0),
+}
 
 PATHS = {"reference": reference_step, "foreach": foreach_step, "fused": fused_step}
 
@@ -30,8 +46,16 @@ PATHS = {"reference": reference_step, "foreach": foreach_step, "fused": fused_st
 _PLAIN = (Tensor, Parameter)
 
 
+def auto_fused(numel: int, tensors: int, state_precision: str = "param") -> bool:
+    """Whether ``tensors`` tensors of ``numel`` elements in all, state stored at
+    ``state_precision``, are worth compiling when the user did not choose."""
+    rule = AUTO_FUSED.get(state_precision, AUTO_FUSED["fp32"])
+    return tensors > 0 and numel >= rule.min_numel and numel >= rule.min_per_tensor * tensors
+
+
 def choose_path(
-    params: Sequence[Tensor], foreach: bool | None, differentiable: bool, fused: bool | None = None
+    params: Sequence[Tensor], foreach: bool | None, differentiable: bool, fused: bool | None = None,
+    state_precision: str = "param",
 ) -> str:
     """Pick the path for one param group's step. A pure policy function.
 
@@ -41,8 +65,9 @@ def choose_path(
     ``differentiable=True``, ``RMSPROP_DISABLE_COMPILE=1``), and ``foreach=True``
     with ``fused=True`` are errors.
 
-    With ``fused=None, foreach=None``: ``fused`` for groups of at least
-    AUTO_FUSED_MIN_NUMEL elements where it can run; otherwise, on CPU for
+    With ``fused=None, foreach=None``: ``fused`` where :func:`auto_fused` says
+    so for the group's size, tensor count and ``state_precision`` (the group's
+    setting) and compiling can run; otherwise, on CPU for
     plain tensors, ``foreach`` (its cache-blocked loop beats the reference
     path there; ``make bench``) unless the group holds a complex parameter,
     and PyTorch's own choice elsewhere (``foreach`` where the device has
@@ -73,7 +98,7 @@ def choose_path(
     if foreach is None and params and not differentiable:
         if (
             fused is None
-            and sum(p.numel() for p in params) >= AUTO_FUSED_MIN_NUMEL
+            and auto_fused(sum(p.numel() for p in params), len(params), state_precision)
             and fused_unavailable_reason(list(params), differentiable) is None
         ):
             return "fused"
