@@ -441,6 +441,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     chosen = [w for w in workloads(max_size) if args.only is None or args.only in w.name]
+    if not chosen:
+        parser.error(f"--only {args.only!r} names no workload; they are: "
+                     + "; ".join(w.name for w in workloads(max_size)))
     print(f"# {_machine()}; fused step, {rounds} interleaved rounds", flush=True)
     reps = 5 if args.quick else 10
     roofs = [measure_roofline(torch.device("cpu"), reps=reps)]
