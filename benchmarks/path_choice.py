@@ -70,7 +70,7 @@ def row(case: Case, precision: str, rounds: int, compile_max_tensors: int) -> di
     foreach, fused = paths_for(precision)
     cr = run_case(case, [foreach, fused], rounds, torch.device("cpu"),
                   compile_max_tensors=compile_max_tensors)
-    pick = our_default_path(_stand_ins(case, torch.device("cpu")), precision)
+    pick = our_default_path(_stand_ins(case, torch.device("cpu")), case.config, precision)
     f, c = cr.results[foreach], cr.results[fused]
     times = {"foreach": f.median_s, "fused": c.median_s}
     best = min((t for t in times.values() if t is not None), default=None)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import rmsprop
-from rmsprop.paths import AUTO_FUSED, auto_fused, choose_path, fused
+from rmsprop.paths import AUTO_FUSED_MIN_BYTES, auto_fused, choose_path, fused, step_bytes
 
 from cases import MOMENTUM_MODES, every_combination, pairwise_combinations
 from helpers import clone_params, grad_stream, make_params, needs_fused
@@ -261,7 +261,7 @@ def test_fused_refuses_without_a_compiler_or_when_turned_off(monkeypatch):
     monkeypatch.setenv("RMSPROP_DISABLE_COMPILE", "1")
     with pytest.raises(ValueError, match="turned off by RMSPROP_DISABLE_COMPILE=1"):
         choose_path(params, None, False, True)
-    big = [torch.empty(n) for n in split_sizes(max(r.min_numel for r in AUTO_FUSED.values()) + 1, 1)]
+    big = [torch.empty(2**25)]
     assert choose_path(big, None, False, None) == "foreach"  # compiling is off: never picked
     monkeypatch.delenv("RMSPROP_DISABLE_COMPILE")
     monkeypatch.delenv("CXX", raising=False)
@@ -281,39 +281,64 @@ def split_sizes(total: int, count: int) -> list[int]:
     return [total // count + (i < total % count) for i in range(count)]
 
 
-@pytest.mark.parametrize("precision", sorted(AUTO_FUSED))
-def test_the_automatic_rule_compiles_from_its_thresholds_on(precision):
-    rule = AUTO_FUSED[precision]
-    count = max(1, min(1000, rule.min_numel // max(1, rule.min_per_tensor)))
-    at = max(rule.min_numel, rule.min_per_tensor * count)
-    assert auto_fused(at, count, precision)
-    assert not auto_fused(at - 1, count, precision) or at - 1 >= rule.min_numel and rule.min_per_tensor == 0
-    assert not auto_fused(rule.min_numel - 1, 1, precision)  # too small in all
-    if rule.min_per_tensor > 1:  # the same total spread over too many tensors
-        many = rule.min_numel // rule.min_per_tensor + 1
-        total = rule.min_per_tensor * many - 1
-        assert total >= rule.min_numel and not auto_fused(total, many, precision)
-        assert auto_fused(total + 1, many, precision)
-    assert not auto_fused(0, 0, precision)
+def smallest_fused(precision: str, buffers: int) -> int:
+    """The fewest elements the rule compiles, found by search (not by the rule's formula)."""
+    lo, hi = 0, 1 << 40
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if auto_fused(mid, precision, buffers) else (mid, hi)
+    return hi
 
 
-def test_param_precision_follows_the_fp32_row():
-    for numel, count in ((1, 1), (10**5, 16), (10**6, 100), (10**7, 16), (2**25, 1000)):
-        assert auto_fused(numel, count, "param") == auto_fused(numel, count, "fp32")
+#: Where the fitted rule starts compiling, in elements (docs/paths.md quotes these):
+#: (precision, state buffers) -> the smallest group that takes the fused path.
+FITTED = {("fp32", 1): 157287, ("fp32", 3): 87382, ("bf16", 1): 65536, ("bf16", 3): 43691,
+          ("int8", 1): 74899, ("int8", 3): 58255}
+
+
+@pytest.mark.parametrize("precision,buffers", sorted(FITTED))
+def test_the_automatic_rule_compiles_from_its_thresholds_on(precision, buffers):
+    width = {"fp32": 4, "bf16": 2, "int8": 1}[precision]
+    assert step_bytes(1, precision, buffers) == 12 + 2 * buffers * width
+    assert smallest_fused(precision, buffers) == FITTED[precision, buffers]
+    assert not auto_fused(0, precision, buffers)
+
+
+def test_the_fitted_rule_on_named_workloads():
+    from rmsprop.bench.workloads import Workload, resnet50_shapes, rl_mlp_shapes
+
+    resnet, rl = Workload("", resnet50_shapes()).numel, Workload("", rl_mlp_shapes()).numel
+    for precision in ("param", "fp32", "bf16", "int8"):
+        for buffers in (1, 3):
+            # the RL net (largest tensor 64x64): foreach, but fused at int8 (foreach-int8 is slow there)
+            assert auto_fused(rl, precision, buffers, 4096) == (precision == "int8")
+            assert not auto_fused(10**4, precision, buffers, 625)  # 10k in 16 tensors
+            assert not auto_fused(10**4, precision, buffers, 4095)
+            assert auto_fused(resnet, precision, buffers) and auto_fused(10**6, precision, buffers)
+    assert not auto_fused(10**5, "fp32", 1) and auto_fused(10**5, "fp32", 3)  # 100k: plain foreach, c+m fused
+    assert auto_fused(10**5, "bf16", 1) and auto_fused(10**5, "int8", 1)
+    assert auto_fused(4096, "int8", 1, 4096) and not auto_fused(4096 * 16, "int8", 1, 4095)
+
+
+def test_more_state_compiles_sooner_and_param_follows_fp32():
+    for precision in AUTO_FUSED_MIN_BYTES:
+        assert smallest_fused(precision, 3) < smallest_fused(precision, 1)
+    for numel in (1, 10**5, 2 * 10**5, 10**7):
+        assert auto_fused(numel, "param") == auto_fused(numel, "fp32")
 
 
 @needs_fused
-@pytest.mark.parametrize("precision", sorted(AUTO_FUSED))
+@pytest.mark.parametrize("precision", sorted(AUTO_FUSED_MIN_BYTES))
 def test_automatic_choice_compiles_only_where_the_rule_says(precision):
-    rule = AUTO_FUSED[precision]
-    count = 16
-    at = max(rule.min_numel, rule.min_per_tensor * count)
-    big = [torch.empty(n) for n in split_sizes(at, count)]
+    at = smallest_fused(precision, 1)
+    big = [torch.empty(n) for n in split_sizes(at, 32)]
     assert choose_path(big, None, False, None, precision) == "fused"
     assert choose_path(big, None, False, False, precision) == "foreach"  # fused=False: never compile
     assert choose_path(big, False, False, None, precision) == "reference"  # an explicit choice wins
-    small = [torch.empty(n) for n in split_sizes(at - 1, count)]
+    small = [torch.empty(n) for n in split_sizes(at - 1, 32)]  # every tensor under 4,096 elements
     assert choose_path(small, None, False, None, precision) == "foreach"
+    assert choose_path(small, None, False, None, precision, state_buffers=3) == "fused"  # more bytes a step
+
 
 
 @needs_fused

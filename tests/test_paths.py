@@ -146,18 +146,20 @@ def test_an_explicit_choice_that_cannot_run_raises():
 
 
 @pytest.mark.parametrize("precision", ["param", "fp32", "bf16", "int8"])
-def test_the_groups_state_precision_reaches_the_path_policy(monkeypatch, precision):
+def test_the_groups_state_precision_and_buffers_reach_the_path_policy(monkeypatch, precision):
     import rmsprop.plan
     from rmsprop.paths import choose_path
 
     seen = []
 
-    def spy(params, foreach, differentiable, fused=None, state_precision="param"):
-        seen.append(state_precision)
-        return choose_path(params, foreach, differentiable, fused, state_precision)
+    def spy(params, foreach, differentiable, fused=None, state_precision="param", state_buffers=1):
+        seen.append((state_precision, state_buffers))
+        return choose_path(params, foreach, differentiable, fused, state_precision, state_buffers)
 
     monkeypatch.setattr(rmsprop.plan, "choose_path", spy)
-    p = torch.nn.Parameter(torch.ones(3))
-    p.grad = torch.ones(3)
-    rmsprop.RMSprop([p], lr=0.1, state_precision=precision).step()
-    assert seen == [precision]
+    for knobs, buffers in (({}, 1), ({"centered": True, "momentum": 0.9}, 3)):
+        seen.clear()
+        p = torch.nn.Parameter(torch.ones(3))
+        p.grad = torch.ones(3)
+        rmsprop.RMSprop([p], lr=0.1, state_precision=precision, **knobs).step()
+        assert seen == [(precision, buffers)]

@@ -82,7 +82,8 @@ def rmsprop(
             raise ValueError(f"{name} has {len(xs)} entries for {n} params: one per parameter")
     tensors = StepTensors(params, grads, square_avgs, grad_avgs if centered else [],
                           momentum_buffer_list if momentum != 0 else [], state_steps, list(range(n)))
-    path = choose_path(local_tensors(params, differentiable), foreach, differentiable, fused)
+    path = choose_path(local_tensors(params, differentiable), foreach, differentiable, fused,
+                       state_buffers=1 + centered + (momentum != 0))
     apply(tensors, hyper_from(group), path=path)
 
 

@@ -186,7 +186,8 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
         path, hyper = checked.path, checked.hyper
     else:
         local = functional.local_tensors(params, group["differentiable"])
-        path = choose_path(local, group["foreach"], group["differentiable"], group["fused"], precision)
+        path = choose_path(local, group["foreach"], group["differentiable"], group["fused"], precision,
+                           1 + len(needs))
         hyper = hyper_from(group)
         if checked is not None:
             checked.params, checked.path = ids, path

@@ -165,11 +165,15 @@ def torch_default_path(params: Sequence[torch.Tensor]) -> str:
     return "torch-foreach" if foreach else "torch-forloop"
 
 
-def our_default_path(params: Sequence[torch.Tensor], state_precision: str = "param") -> str:
-    """The path ``rmsprop.RMSprop(params, state_precision=state_precision)`` takes (fused=None,
-    foreach=None); the cases' ``our_default`` is the one at the parameters' precision."""
+def our_default_path(params: Sequence[torch.Tensor], config: str = "plain",
+                     state_precision: str = "param") -> str:
+    """The path ``rmsprop.RMSprop(params, state_precision=state_precision, **CONFIGS[config])``
+    takes (fused=None, foreach=None); the cases' ``our_default`` is the one at the parameters'
+    precision."""
+    knobs = CONFIGS[config]
+    buffers = 1 + bool(knobs.get("centered")) + bool(knobs.get("momentum"))
     return choose_path(params, foreach=None, differentiable=False, fused=None,
-                       state_precision=state_precision)
+                       state_precision=state_precision, state_buffers=buffers)
 
 
 def _make_optimizer(path: str, params: list[torch.nn.Parameter], config: str) -> torch.optim.Optimizer:
@@ -303,7 +307,7 @@ def skipped_case(case: Case, paths: Sequence[str], reason: str, device: torch.de
     """A case none of whose paths ran (it does not fit the device, or the time limit passed)."""
     params = _stand_ins(case, device)
     return CaseResult(case, {p: _new_result(p, case, reason) for p in paths}, torch_default_path(params),
-                      our_default_path(params))
+                      our_default_path(params, case.config))
 
 
 class _Runner:
@@ -437,4 +441,4 @@ def run_case(
         r = runner.result
         r.steps_per_round = steps[r.path]
         r.median_s = statistics.median(r.round_s)
-    return CaseResult(case, results, torch_default_path(params), our_default_path(params))
+    return CaseResult(case, results, torch_default_path(params), our_default_path(params, case.config))

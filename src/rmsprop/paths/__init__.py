@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from torch import Tensor
 from torch.nn import Parameter
@@ -18,26 +17,47 @@ from .foreach import foreach_step
 from .fused import fused_step, fused_unavailable_reason
 from .reference import reference_step
 
-__all__ = ["PATHS", "AUTO_FUSED", "AutoFused", "auto_fused", "choose_path", "foreach_step", "fused_step",
-           "reference_step"]
+__all__ = ["PATHS", "AUTO_FUSED_MIN_BYTES", "AUTO_FUSED_MIN_LARGEST", "auto_fused", "step_bytes",
+           "choose_path", "foreach_step", "fused_step", "reference_step"]
 
 
-class AutoFused(NamedTuple):
-    """Where the automatic choice compiles a group: from ``min_numel`` elements in
-    all and ``min_per_tensor`` elements per tensor on average (the fused step pays
-    a fixed Python and guard cost per tensor that foreach's does not)."""
-
-    min_numel: int
-    min_per_tensor: int
-
-
-#: The automatic choice's thresholds per state precision ("fp32" also stands for
-#: "param"), fitted to benchmarks/path_choice.py's table (docs/paths.md).
-AUTO_FUSED: dict[str, AutoFused] = {
-    "fp32": AutoFused(1 << 22, 0),
-    "bf16": AutoFused(1 << 22, 0),
-    "int8": AutoFused(1 << 22, 0),
+#: The automatic choice compiles a group from this many bytes moved per step
+#: (:func:`step_bytes`) on, per state precision ("param" takes the "fp32" row:
+#: measured with fp32 parameters). Fitted to the table of
+#: benchmarks/path_choice.py, which docs/paths.md quotes; the tensor count did
+#: not move the crossover there (1 to 100 tensors), so it is not in the rule.
+AUTO_FUSED_MIN_BYTES: dict[str, int] = {
+    "fp32": 3 << 20,  # plain (20 B/element): from 157k elements; centered + momentum (36 B): from 87k
+    "bf16": 1 << 20,  # plain (16 B): from 66k; centered + momentum (24 B): from 44k
+    "int8": 1 << 20,  # plain (14 B): from 75k; centered + momentum (18 B): from 58k
 }
+
+#: ... or from a tensor of this many elements on, at the state precisions listed:
+#: foreach-int8's step on one tensor jumps from 0.22 ms at 3,072 elements to
+#: 1.7 ms at 4,096 (benchmarks/path_choice.py's RL net row; docs/paths.md).
+AUTO_FUSED_MIN_LARGEST: dict[str, int] = {"int8": 4096}
+
+#: Bytes per element of one state buffer at each state precision.
+_STATE_WIDTH = {"param": 4, "fp32": 4, "bf16": 2, "int8": 1}
+
+
+def step_bytes(numel: int, state_precision: str = "param", state_buffers: int = 1) -> int:
+    """Bytes one step must move for ``numel`` fp32 parameters: θ read and written,
+    g read (12 B), each state buffer read and written at its width: 20 B per
+    element plain, 36 centered with momentum (3 buffers) at fp32 state."""
+    return numel * (12 + 2 * state_buffers * _STATE_WIDTH.get(state_precision, 4))
+
+
+def auto_fused(numel: int, state_precision: str = "param", state_buffers: int = 1, largest: int = 0) -> bool:
+    """Whether a group of ``numel`` elements in all (``largest`` in its largest
+    tensor), with ``state_buffers`` state buffers each stored at
+    ``state_precision``, is worth compiling when the user did not choose
+    (:data:`AUTO_FUSED_MIN_BYTES`, :data:`AUTO_FUSED_MIN_LARGEST`)."""
+    least = AUTO_FUSED_MIN_BYTES.get(state_precision, AUTO_FUSED_MIN_BYTES["fp32"])
+    if numel > 0 and step_bytes(numel, state_precision, state_buffers) >= least:
+        return True
+    return state_precision in AUTO_FUSED_MIN_LARGEST and largest >= AUTO_FUSED_MIN_LARGEST[state_precision]
+
 
 PATHS = {"reference": reference_step, "foreach": foreach_step, "fused": fused_step}
 
@@ -46,16 +66,9 @@ PATHS = {"reference": reference_step, "foreach": foreach_step, "fused": fused_st
 _PLAIN = (Tensor, Parameter)
 
 
-def auto_fused(numel: int, tensors: int, state_precision: str = "param") -> bool:
-    """Whether ``tensors`` tensors of ``numel`` elements in all, state stored at
-    ``state_precision``, are worth compiling when the user did not choose."""
-    rule = AUTO_FUSED.get(state_precision, AUTO_FUSED["fp32"])
-    return tensors > 0 and numel >= rule.min_numel and numel >= rule.min_per_tensor * tensors
-
-
 def choose_path(
     params: Sequence[Tensor], foreach: bool | None, differentiable: bool, fused: bool | None = None,
-    state_precision: str = "param",
+    state_precision: str = "param", state_buffers: int = 1,
 ) -> str:
     """Pick the path for one param group's step. A pure policy function.
 
@@ -66,8 +79,10 @@ def choose_path(
     with ``fused=True`` are errors.
 
     With ``fused=None, foreach=None``: ``fused`` where :func:`auto_fused` says
-    so for the group's size, tensor count and ``state_precision`` (the group's
-    setting) and compiling can run; otherwise, on CPU for
+    so for the group's size (and, at int8 state, its largest tensor),
+    ``state_precision`` and
+    ``state_buffers`` (the group's settings: 1 plus one each for momentum,
+    centering and an EMA) and compiling can run; otherwise, on CPU for
     plain tensors, ``foreach`` (its cache-blocked loop beats the reference
     path there; ``make bench``) unless the group holds a complex parameter,
     and PyTorch's own choice elsewhere (``foreach`` where the device has
@@ -98,7 +113,8 @@ def choose_path(
     if foreach is None and params and not differentiable:
         if (
             fused is None
-            and auto_fused(sum(p.numel() for p in params), len(params), state_precision)
+            and auto_fused(sum(p.numel() for p in params), state_precision, state_buffers,
+                           max(p.numel() for p in params))
             and fused_unavailable_reason(list(params), differentiable) is None
         ):
             return "fused"
