@@ -14,7 +14,8 @@ state precision, and how much slower the pick is than the faster path (the
 
 Workload sets: ``bench`` is every ``rmsprop bench`` workload of the size, count,
 models, rl and schedule suites up to ``--max-size``; ``crossover`` adds totals of
-1e5 to 1e7 in 1 to 1000 tensors, where the choice changes. Paths whose
+1e5 to 1e7 in 1 to 1000 tensors, where the choice changes; ``edge`` one tensor of
+2,048, 3,072 and 4,096 elements, either side of foreach-int8's jump in step time. Paths whose
 structure compiles longer than ``--compile-max-tensors`` tensors allow are left
 out (a row says so). Lines print as cases finish; ``--json`` keeps the rows.
 """
@@ -37,10 +38,11 @@ import torch  # noqa: E402
 from rmsprop.bench.measure import _stand_ins, our_default_path, run_case  # noqa: E402
 from rmsprop.bench.workloads import Case, Workload, build_cases, format_count, split  # noqa: E402
 
-SETS = ("bench", "crossover")
+SETS = ("bench", "crossover", "edge")
 PRECISIONS = ("fp32", "bf16", "int8")
 CROSSOVER = [(total, count) for total in (10**5, 10**6, 10**7) for count in (1, 16, 100, 1000)
              if total // count >= 100]
+EDGE = [(2048, 1), (3072, 1), (4096, 1)]  # one tensor either side of foreach-int8's jump at 4,096
 
 
 def paths_for(precision: str) -> tuple[str, str]:
@@ -53,12 +55,11 @@ def cases(sets: list[str], configs: list[str], max_size: float) -> list[Case]:
     found: list[Case] = []
     if "bench" in sets:
         found += build_cases(["size", "count", "models", "rl", "schedule"], configs, max_size)
-    if "crossover" in sets:
-        for config in configs:
-            for total, count in CROSSOVER:
-                if total <= max_size:
-                    name = f"{format_count(total)} in {count} tensor{'s' if count > 1 else ''}"
-                    found.append(Case("crossover", Workload(name, split(total, count)), config))
+    for name, grid in (("crossover", CROSSOVER), ("edge", EDGE)):
+        if name in sets:
+            found += [Case(name, Workload(f"{format_count(total)} in {count} tensor{'s' * (count > 1)}",
+                                          split(total, count)), config)
+                      for config in configs for total, count in grid if total <= max_size]
     unique: dict[tuple, Case] = {}
     for case in found:
         unique.setdefault(case.key, case)
