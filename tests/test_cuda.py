@@ -270,13 +270,7 @@ def test_skip_on_the_device_never_syncs_and_counts_when_asked():
             grads[2].view(-1)[5] = float("nan")
         for p, g in zip(gpu, grads):
             p.grad = g
-        torch.cuda.synchronize()
-        if t > 0:  # the first step compiles and allocates outside the check
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            opt.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        _step_checking_syncs(opt, checked=t > 0)  # the first step compiles and allocates outside the check
     assert opt.skipped_steps == len(bad)
     for a, b in zip(gpu, cpu):
         torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=2e-6, atol=1e-6)
@@ -299,15 +293,20 @@ def test_skip_with_narrow_state_never_syncs_and_equals_the_run_without_the_bad_b
         if t in bad:
             grads[0].view(-1)[5] = float("nan")  # in a tensor that holds codes at int8
         _feed(ours, grads)
-        torch.cuda.synchronize()
-        if t > 0:
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            opt.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        _step_checking_syncs(opt, checked=t > 0)  # the first step compiles and allocates outside the check
     assert opt.skipped_steps == len(bad)
     _assert_within(_errors(ours, opt, ref, opt_ref), _bounds(torch.float32, precision))
+
+
+def _step_checking_syncs(opt: torch.optim.Optimizer, checked: bool) -> None:
+    """One step; with ``checked``, any host sync inside it raises (CUDA's sync debug mode)."""
+    torch.cuda.synchronize()
+    if checked:
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def _mlp() -> torch.nn.Module:
