@@ -43,6 +43,7 @@ from ..engine import Hyper, _is_zero, clip_adaptive, ema_weight, rmsprop_update
 from ..precision import Buffer, kahan_read, kahan_write_, load, store_, working_dtype, write_param_
 from ..quant import Blockwise, is_quantized, stored_dtype
 from ..settings import by_role
+from . import stores
 from .grouping import StepTensors, by_device_and_dtype
 
 # The switches that select formula lines: compiled in (rmsprop.settings).
@@ -232,7 +233,7 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
             str(device), p[0].dtype, stored_dtype(v[0]), steps[0].device.type,
             tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
         )
-        _compiled_for(key, quantized)(*args)
+        stores.call(_compiled_for(key, quantized), *args)
 
 
 def _ema_weights(hyper: Hyper, steps: Sequence[Tensor], device: torch.device) -> list[Tensor]:
