@@ -10,10 +10,12 @@ a 512-bit register of 16-bit lanes, and Inductor 2.13 writes them with
 measured on, that store alone made the bf16-state step 2.1-2.2× the float32
 step's time at 4M parameters in one tensor; the same kernel with a plain
 256-bit store (``_mm256_storeu_si256`` of the register's low half, the same
-32 bytes) took 0.95× (``benchmarks/state_precision_speed.py``; the table is
-in ``docs/low-memory.md``). The codes of 8-bit state (16 bytes from a 512-bit
-register) were measured the same way and gained nothing, so they keep
-Inductor's store.
+32 bytes) took 0.95×, and at 10M parameters in 16 tensors
+(``benchmarks/state_precision_speed.py``) 0.95× plain and 1.03× centered
+with momentum, against 1.08× and 2.16× before (``docs/performance.md`` tells
+how the store was found, ``docs/low-memory.md`` has the tables). The codes
+of 8-bit state (16 bytes from a 512-bit register) and the 16-bit loads were
+tried the same way and gained nothing, so they keep Inductor's code.
 
 :func:`call` runs a compiled step with Inductor's vector store emitter
 wrapped for its duration, so that a kernel compiled during the call (the
