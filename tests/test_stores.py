@@ -36,7 +36,7 @@ def _fused_run(monkeypatch, param_dtype, precision, plain: bool):
     with monkeypatch.context() as m:
         m.setattr(fused, "_COMPILED", {})
         if not plain:
-            m.setattr(stores, "_FOUND", None)
+            m.setattr(stores, "_emitter", lambda: None)
         with inductor_config.patch(force_disable_caches=True):
             opt, codes = run_and_get_code(train_cast, params, grad_stream(params, 5),
                                           state_precision=precision, **EVERY_BUFFER_KNOBS, fused=True)
@@ -60,7 +60,7 @@ def test_plain_stores_write_what_the_masked_stores_write(monkeypatch, param_dtyp
         pytest.skip(f"the plain store is for Inductor's AVX-512 kernels; here: active={stores.active()}, "
                     f"{_isa_bits()}-bit vectors (the values were still compared)")
     assert "_mm256_storeu_si256" in code, "no plain store in the compiled step"
-    assert _emitter() is stores._FOUND[1]
+    assert _emitter() is stores._emitter()[1]
 
 
 def test_the_emitter_is_restored_after_a_call_that_raises():
@@ -75,7 +75,7 @@ def test_the_emitter_is_restored_after_a_call_that_raises():
     with pytest.raises(RuntimeError, match="inside the compiled call"):
         stores.call(boom)
     assert seen == [stores._plain_store]
-    assert _emitter() is stores._FOUND[1]
+    assert _emitter() is stores._emitter()[1]
 
 
 def test_a_nested_call_leaves_the_outer_wrapping_in_place():
@@ -84,13 +84,13 @@ def test_a_nested_call_leaves_the_outer_wrapping_in_place():
     seen = []
     stores.call(lambda: stores.call(lambda: seen.append(_emitter())) or seen.append(_emitter()))
     assert seen == [stores._plain_store, stores._plain_store]
-    assert _emitter() is stores._FOUND[1]
+    assert _emitter() is stores._emitter()[1]
 
 
 def test_an_unknown_emitter_is_left_alone(monkeypatch):
     """Another PyTorch whose emitter has other parameters: the call runs with
     Inductor's own stores (the same values, only slower)."""
-    monkeypatch.setattr(stores, "_FOUND", None)
+    monkeypatch.setattr(stores, "_emitter", lambda: None)
     before = _emitter()
     seen = []
     stores.call(lambda x: seen.append((x, _emitter())), 5)

@@ -30,6 +30,7 @@ a kernel cached before this existed keeps its masked store.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -43,10 +44,12 @@ _PLAIN = {256: "_mm256_storeu_si256(reinterpret_cast<__m256i*>({ptr}), _mm512_ca
 _HALF_FLOATS = (torch.bfloat16, torch.float16)
 
 
+@functools.lru_cache(maxsize=1)
 def _emitter() -> tuple[Any, Callable[..., Any], Callable[[Any], str]] | None:
     """Inductor's CPU vector kernel, its store emitter and its index printer,
     if they are the ones this module knows (the parameters of 2.13's
-    ``_get_store_line``)."""
+    ``_get_store_line``). Looked up at the first compiled call, not at
+    import: importing Inductor's C++ code generator takes 1-2 s."""
     try:
         from torch._inductor.codegen import cpp
     except ImportError:  # pragma: no cover - a torch without Inductor
@@ -60,22 +63,20 @@ def _emitter() -> tuple[Any, Callable[..., Any], Callable[[Any], str]] | None:
     return kernel, emit, index
 
 
-_FOUND = _emitter()
-
-
 def _plain_store(self: Any, value: Any, var: str, index: Any, dtype: torch.dtype,
                  accu_store: bool = False) -> Any:
     """Inductor's store line, with a contiguous, untailed store of half a
     512-bit register of 16-bit floats turned into a plain 256-bit store."""
-    assert _FOUND is not None
-    code = _FOUND[1](self, value, var, index, dtype, accu_store)
+    found = _emitter()
+    assert found is not None
+    code = found[1](self, value, var, index, dtype, accu_store)
     plain = _PLAIN.get(self.num_elems * dtype.itemsize * 8)
     if (plain is None or dtype not in _HALF_FLOATS or accu_store or self.tail_size is not None
             or self.vec_isa.bit_width() != 512):
         return code
     line = code.getvalue().strip()
     head, sep, rest = line.partition(".store(")
-    tail = f", {_FOUND[2](self.num_elems)});"
+    tail = f", {found[2](self.num_elems)});"
     if not sep or "\n" in line or not rest.endswith(tail) or head != str(value):
         return code  # a strided or otherwise different store: Inductor's own
     out = type(code)()
@@ -85,15 +86,16 @@ def _plain_store(self: Any, value: Any, var: str, index: Any, dtype: torch.dtype
 
 def active() -> bool:
     """Whether compiled steps get the plain stores (Inductor's emitter is the known one)."""
-    return _FOUND is not None
+    return _emitter() is not None
 
 
 def call(fn: Callable[..., None], *args: Any) -> None:
     """``fn(*args)`` with Inductor's CPU vector stores of 16-bit floats made plain while it runs."""
-    if _FOUND is None:
+    found = _emitter()
+    if found is None:
         fn(*args)
         return
-    kernel, emit, _ = _FOUND
+    kernel, emit, _ = found
     if kernel.__dict__.get("_get_store_line") is not emit:  # already wrapped (a nested or concurrent call)
         fn(*args)
         return
