@@ -14,34 +14,29 @@ A step is cut into four nested layers, each timed, none estimated:
 
 1. **step**: ``opt.step()``, wall time.
 2. **python**: the optimizer's own code around the compiled call (settings,
-   plan, grouping, the arguments' views and 0-d tensors): the step minus the
-   time spent inside the compiled callable that the fused path calls.
-3. **Dynamo** and **graph wrapper**: inside that callable, what is not the
-   graph Dynamo captured: torch.compile's frame wrapper, the guard check and
-   the transformed bytecode that unpacks the arguments (Dynamo), then inside
-   the graph what is not a kernel: AOTAutograd's runtime wrappers and
-   Inductor's generated Python ``call`` with its buffer allocations
-   (graph wrapper).
+   plan, grouping, the 0-d tensors of the hyperparameters, and the lookup
+   of the compiled code by its key): the step minus the time spent inside
+   the compiled callable that the fused path calls.
+3. **graph wrapper**: inside that callable, what is not a kernel:
+   AOTAutograd's runtime wrappers and Inductor's generated Python ``call``
+   with its buffer allocations.
 4. **kernels**: the compiled C++ loops themselves, each one timed apart
    (int8 state has block reductions and encodes: one row per kernel below
    the table).
 
 How the layers are reached, without changing the library: the fused path
-gets its compiled callable from ``rmsprop.paths.fused._compiled_for``; the
-script wraps that function so that the callable it returns is timed (and its
-arguments captured). Dynamo stores the captured graph's callable as a global
-``__compiled_fn_*`` of the compiled function's module, which the transformed
-bytecode looks up at each call: the script swaps in a timed wrapper there.
-Inductor's generated module (``PyCodeCache``) calls its kernels and its
-buffer allocator (``empty_strided_cpu``) through module globals: those are
-wrapped too, which times each kernel in place, page faults included, and
-counts the bytes of every buffer the graph allocates. All timers are nested
-in one and the same step, so every share is paired within a step rather than
-a difference of two noisy medians. ``torch.profiler`` was not used: with
-``profile_memory`` it does not see Inductor's ``_empty_strided_cpu``
-allocations on torch 2.13, and per-kernel profiling
-(``cpp.enable_kernel_profile``) changes the generated code and forces a
-recompile.
+looks its compiled callables up in ``rmsprop.paths.fused._COMPILED`` at
+every call; the script swaps timed wrappers into that dict (and captures
+the arguments). Inductor's generated module (``PyCodeCache``) calls its
+kernels and its buffer allocator (``empty_strided_cpu``) through module
+globals: those are wrapped too, which times each kernel in place, page
+faults included, and counts the bytes of every buffer the graph allocates.
+All timers are nested in one and the same step, so every share is paired
+within a step rather than a difference of two noisy medians.
+``torch.profiler`` was not used: with ``profile_memory`` it does not see
+Inductor's ``_empty_strided_cpu`` allocations on torch 2.13, and per-kernel
+profiling (``cpp.enable_kernel_profile``) changes the generated code and
+forces a recompile.
 
 Every workload is built and warmed up first (compiled, state allocated,
 pages touched; about 4 GB resident at full size), then each round takes three
@@ -152,51 +147,31 @@ def workloads(max_size: int) -> list[Workload]:
 
 class Layers:
     """Timers around the fused step's layers (the module docstring), installed
-    by replacing module globals and removed by putting the originals back."""
+    by replacing dict entries and module globals, removed by putting the originals back."""
 
     def __init__(self) -> None:
         # found once (after the warm-up compiled everything), swapped in and out per measurement
-        self._graphs = _dynamo_graphs()
         self._modules = _inductor_modules()
         self.call_s = 0.0
-        self.graph_s = 0.0
         self.kernel_s: dict[str, float] = {}
         self.alloc_bytes = 0
-        self.capture: list[tuple[Callable[..., Any], tuple, dict]] | None = None
-        self.grad_mode = False  # autograd's mode where the fused path calls the compiled code
-        self._saved: list[tuple[dict[str, Any], str, Any]] = []
+        self.capture: list[tuple[Callable[..., Any], tuple]] | None = None
+        self._saved: list[tuple[dict[Any, Any], Any, Any]] = []
 
     def reset(self) -> None:
-        self.call_s = self.graph_s = 0.0
+        self.call_s = 0.0
         self.kernel_s = {}
         self.alloc_bytes = 0
 
-    def _swap(self, namespace: dict[str, Any], name: str, new: Any) -> None:
+    def _swap(self, namespace: dict[Any, Any], name: Any, new: Any) -> None:
         self._saved.append((namespace, name, namespace[name]))
         namespace[name] = new
 
     def install(self) -> None:
-        if "_compiled_for" not in vars(fused):
-            raise SystemExit("rmsprop.paths.fused has no _compiled_for: update benchmarks/profile_step.py")
-        real_compiled_for = fused._compiled_for
-
-        def compiled_for(*args: Any, **kwargs: Any) -> Callable[..., Any]:
-            compiled = real_compiled_for(*args, **kwargs)
-
-            def timed(*a: Any, **k: Any) -> Any:
-                if self.capture is not None:
-                    self.capture.append((compiled, a, k))
-                    self.grad_mode = torch.is_grad_enabled()
-                start = time.perf_counter()
-                try:
-                    return compiled(*a, **k)
-                finally:
-                    self.call_s += time.perf_counter() - start
-            return timed
-
-        self._swap(vars(fused), "_compiled_for", compiled_for)
-        for namespace, name in self._graphs:
-            self._swap(namespace, name, self._timed_graph(namespace[name]))
+        if not isinstance(getattr(fused, "_COMPILED", None), dict) or not fused._COMPILED:
+            raise SystemExit("rmsprop.paths.fused keeps no _COMPILED dict: update benchmarks/profile_step.py")
+        for key, compiled in list(fused._COMPILED.items()):
+            self._swap(fused._COMPILED, key, self._timed_call(compiled))
         for module in self._modules:
             namespace = vars(module)
             for name in list(namespace):
@@ -211,14 +186,16 @@ class Layers:
             namespace, name, value = self._saved.pop()
             namespace[name] = value
 
-    def _timed_graph(self, graph: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any, **kwargs: Any) -> Any:
+    def _timed_call(self, compiled: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any) -> Any:
+            if self.capture is not None:
+                self.capture.append((compiled, args))
             start = time.perf_counter()
             try:
-                return graph(*args, **kwargs)
+                return compiled(*args)
             finally:
-                self.graph_s += time.perf_counter() - start
-        return run
+                self.call_s += time.perf_counter() - start
+        return timed
 
     def _timed_kernel(self, name: str, kernel: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any) -> Any:
@@ -237,17 +214,6 @@ class Layers:
         return run
 
 
-def _dynamo_graphs() -> list[tuple[dict[str, Any], str]]:
-    """Where Dynamo keeps its captured graphs' callables: ``__compiled_fn_*``
-    globals of the modules whose functions it compiled."""
-    found = []
-    for module in list(sys.modules.values()):
-        namespace = getattr(module, "__dict__", None)
-        if isinstance(namespace, dict):
-            found += [(namespace, k) for k in list(namespace) if k.startswith("__compiled_fn")]
-    return found
-
-
 def _inductor_modules() -> list[Any]:
     """Inductor's generated Python modules loaded in this process."""
     from torch._inductor.codecache import PyCodeCache
@@ -261,19 +227,12 @@ def _inductor_modules() -> list[Any]:
 def _check_reached(layers: Layers, called: bool) -> None:
     """Stop, naming the layer, where a step ran without passing a timer: the
     fused path or torch changed where this script looks."""
-    missing = [what for what, ok in (("the fused path's compiled callable (_compiled_for)", called),
-                                     ("Dynamo's __compiled_fn_* graph", layers.graph_s > 0),
+    missing = [what for what, ok in (("the fused path's compiled callable (fused._COMPILED)", called),
                                      ("Inductor's kernels (PyCodeCache modules)", bool(layers.kernel_s)))
                if not ok]
     if missing:
         raise SystemExit(f"a fused step ran without reaching {', '.join(missing)}: "
                          "update benchmarks/profile_step.py's Layers")
-
-
-def _unique_graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
 
 
 class Session:
@@ -298,7 +257,7 @@ class Session:
 
         self.layers = layers = Layers()
         layers.install()
-        self.captured: list[list[tuple[Callable[..., Any], tuple, dict]]] = []
+        self.captured: list[list[tuple[Callable[..., Any], tuple]]] = []
         for _ in range(2):  # one capture per gradient set
             layers.capture = []
             layers.reset()
@@ -330,7 +289,7 @@ class Session:
     def instrumented(self) -> dict[str, Any]:
         layers = self.layers
         layers.install()
-        totals: dict[str, Any] = {"step": 0.0, "call": 0.0, "graph": 0.0, "alloc": 0.0, "kernels": {}}
+        totals: dict[str, Any] = {"step": 0.0, "call": 0.0, "alloc": 0.0, "kernels": {}}
         try:
             for _ in range(self.reps):
                 layers.reset()
@@ -338,7 +297,6 @@ class Session:
                 self.step()
                 totals["step"] += time.perf_counter() - start
                 totals["call"] += layers.call_s
-                totals["graph"] += layers.graph_s
                 totals["alloc"] += layers.alloc_bytes
                 for name, seconds in layers.kernel_s.items():
                     totals["kernels"][name] = totals["kernels"].get(name, 0.0) + seconds
@@ -348,12 +306,11 @@ class Session:
                 for k, v in totals.items()}
 
     def direct(self) -> dict[str, float]:
-        with torch.set_grad_enabled(self.layers.grad_mode):  # as inside step(): Dynamo guards on it
-            start = time.perf_counter()
-            for r in range(self.reps):
-                for compiled, args, kwargs in self.captured[r % 2]:
-                    compiled(*args, **kwargs)
-            return {"direct": (time.perf_counter() - start) / self.reps}
+        start = time.perf_counter()
+        for r in range(self.reps):
+            for compiled, args in self.captured[r % 2]:
+                compiled(*args)
+        return {"direct": (time.perf_counter() - start) / self.reps}
 
     def summary(self) -> dict[str, Any]:
         med = statistics.median
@@ -372,8 +329,7 @@ class Session:
             "step_ms": step_s * 1e3,
             "instrumented_step_ms": med(s["step"] for s in inst) * 1e3,
             "python_share": share(lambda s: s["step"] - s["call"]),
-            "dynamo_share": share(lambda s: s["call"] - s["graph"]),
-            "graph_wrapper_share": share(lambda s: s["graph"] - sum(s["kernels"].values())),
+            "graph_wrapper_share": share(lambda s: s["call"] - sum(s["kernels"].values())),
             "kernel_share": share(lambda s: sum(s["kernels"].values())),
             "python_share_by_direct_call": 1 - direct_s / step_s,
             "direct_call_ms": direct_s * 1e3,
@@ -398,13 +354,13 @@ def _machine() -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workload | step ms | python % | Dynamo % | graph wrapper % | kernel % | "
+    lines = ["| workload | step ms | python % | graph wrapper % | kernel % | "
              "kernel / roofline | faults/step | allocated MB/step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['step_ms']:.3g} | {100 * r['python_share']:.1f} | "
-            f"{100 * r['dynamo_share']:.1f} | {100 * r['graph_wrapper_share']:.1f} | "
+            f"{100 * r['graph_wrapper_share']:.1f} | "
             f"{100 * r['kernel_share']:.1f} | {r['kernel_roofline']:.2f}× | {r['faults_per_step']:.0f} | "
             f"{r['allocated_mb_per_step']:.1f} |")
     kernels = [r for r in rows if len(r["kernels_ms"]) > 1]
@@ -452,14 +408,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         sessions.append(Session(work))
         print(f"# {work.name}: first step {sessions[-1].first_s:.1f} s (compiles, or loads from "
               f"Inductor's disk cache), {sessions[-1].reps} step(s) per measurement", flush=True)
-    graphs = _unique_graphs()
+    graphs = fused.compiled_structures()
     kinds = ["bare", "instrumented", "direct"]
     for r in range(rounds):  # every workload in every round: they all see the same load
         for session in sessions[r % len(sessions):] + sessions[:r % len(sessions)]:
             for kind in kinds[r % 3:] + kinds[:r % 3]:
                 session.measure(kind)
-    if _unique_graphs() != graphs:
-        print(f"# WARNING: {_unique_graphs() - graphs} recompile(s) while measuring", flush=True)
+    if fused.compiled_structures() != graphs:
+        print(f"# WARNING: {fused.compiled_structures() - graphs} recompile(s) while measuring", flush=True)
     roofs.append(measure_roofline(torch.device("cpu"), reps=reps))
     roof = max(roofs, key=lambda x: x.gbps)  # the best bandwidth seen, before or after (as STREAM)
     print(f"# roofline {roof.gbps:.1f} GB/s ({roof.best}; before {roofs[0].gbps:.1f}, "
@@ -468,7 +424,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for session in sessions:
         row = session.summary()
         row["threads"] = torch.get_num_threads()
-        row["recompiles_while_measuring"] = _unique_graphs() - graphs
+        row["recompiles_while_measuring"] = fused.compiled_structures() - graphs
         row["roofline_gbps"] = roof.gbps
         row["roofline_ms"] = roof.seconds(int(session.work.step_bytes)) * 1e3
         row["kernel_roofline"] = row["kernel_ms"] / row["roofline_ms"]

@@ -10,6 +10,7 @@ product and the 30-group check. Every test that needs the fused path carries
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -127,36 +128,44 @@ def test_fused_equals_reference_fp32_every_combination(name, knobs):
 
 
 def _compiled_region_ran(opt) -> bool:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    """One more step runs compiled code: code fused_step looked up, none compiled."""
+    ran = []
+    real = fused._run
+
+    def spy(args, quantized):
+        ran.append(fused._key(args)[1] in fused._COMPILED)
+        real(args, quantized)
+
+    compiled = fused.compiled_structures()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(fused, "_run", spy)
         opt.step()
-    return any("Torch-Compiled Region" in e.name for e in prof.events())
+    return bool(ran) and all(ran) and fused.compiled_structures() == compiled
 
 
 @needs_fused
 def test_the_compiled_graph_runs_and_a_schedule_never_recompiles():
-    from torch._dynamo.utils import counters
-
     params = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(4))]
     opt = rmsprop.RMSprop(params, fused=True, momentum=0.9, centered=True, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()
-    graphs = counters["stats"]["unique_graphs"]
+    graphs = fused.compiled_structures()
     for i in range(6):  # lr, alpha, eps, momentum and weight decay all change
         scheduler.step()
         group = opt.param_groups[0]
         group["alpha"], group["eps"] = 0.9 + i / 100, 1e-8 * (i + 1)
         group["momentum"], group["weight_decay"] = 0.5 + i / 20, 0.01 * (i + 1)
         opt.step()
-    assert counters["stats"]["unique_graphs"] == graphs, "a hyperparameter change recompiled"
+    assert fused.compiled_structures() == graphs, "a hyperparameter change recompiled"
     assert _compiled_region_ran(opt)
 
 
 # The first rows of the pairwise table (the greedy covering array puts the rows
 # that cover most first): every knob value and 130 of its 135 pairs, in one
-# group each, two more than Dynamo's recompile limit (8 per code object).
-FP64_ROWS = pairwise_combinations()[:torch._dynamo.config.recompile_limit + 2]
+# group each: ten structures compiled side by side in one optimizer.
+FP64_ROWS = pairwise_combinations()[:10]
 
 
 @needs_fused
@@ -168,9 +177,7 @@ def test_fused_equals_reference_fp64_one_group_per_row(rows):
     """float64 is computed in float64: one optimizer whose groups are rows of
     the knob table, each a float64 and a complex128 parameter (updated as its
     float64 real view), 12 steps (lr changed half-way), within a few ulps of
-    the reference. Each group is a distinct structure, more of them than
-    Dynamo's recompile limit: none falls back to eager."""
-    assert len(rows) > torch._dynamo.config.recompile_limit
+    the reference. Each group is a distinct structure, each compiled."""
     gen = torch.Generator().manual_seed(0)
     groups, refs = [], []
     for i, (_, knobs) in enumerate(rows):
@@ -209,18 +216,106 @@ def test_fused_equals_reference_fp64_one_group_per_row(rows):
 
 @needs_fused
 def test_warm_up_compiles_ahead_and_changes_nothing():
-    from torch._dynamo.utils import counters
-
     params = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5))]
     before = [p.detach().clone() for p in params]
     opt = rmsprop.RMSprop(params, fused=True, momentum=0.7, nesterov=True, bias_correction=True)
     opt.warm_up()
     assert all(torch.equal(p, b) for p, b in zip(params, before)) and not opt.state
-    graphs = counters["stats"]["unique_graphs"]
+    graphs = fused.compiled_structures()
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()
-    assert counters["stats"]["unique_graphs"] == graphs  # the first step compiled nothing
+    assert fused.compiled_structures() == graphs  # the first step compiled nothing
+
+
+# The compiled code is called directly, looked up by fused._key: every fact it
+# was compiled for must be in the key, or a later call runs code built for
+# other tensors. A hostile user changes what the code assumes between steps.
+def _layouts(shape, gen):
+    """The same values three ways: contiguous, transposed (other strides), and
+    a strided slice of a larger tensor (gaps between rows)."""
+    value = torch.randn(shape, generator=gen)
+    wide = torch.zeros(shape[0], shape[1] * 2)
+    wide[:, ::2] = value
+    return [value, value.t().contiguous().t(), wide[:, ::2]]
+
+
+@needs_fused
+def test_a_gradient_with_other_strides_gets_code_for_its_strides():
+    gen = torch.Generator().manual_seed(5)
+    shape = (6, 5)
+    ours = torch.nn.Parameter(torch.randn(shape, generator=gen))
+    ref = torch.nn.Parameter(ours.detach().clone())
+    opt = rmsprop.RMSprop([ours], fused=True, centered=True, momentum=0.5)
+    twin = rmsprop.RMSprop([ref], foreach=False, centered=True, momentum=0.5)
+    compiled = fused.compiled_structures()
+    for t in range(6):
+        grad = _layouts(shape, gen)[t % 3]
+        ours.grad, ref.grad = grad, grad.contiguous()
+        opt.step()
+        twin.step()
+        assert _relative(ours.detach(), ref.detach()) <= 1e-6, f"step {t}, grad strides {grad.stride()}"
+    assert fused.compiled_structures() == compiled + 3  # one per layout, then reused
+
+
+@needs_fused
+def test_a_parameter_whose_data_is_replaced_gets_code_for_its_new_layout():
+    """``p.data = ...`` keeps the Parameter object and changes its strides:
+    the same objects as at the last step, other memory."""
+    gen = torch.Generator().manual_seed(6)
+    shape = (4, 7)
+    ours = torch.nn.Parameter(torch.randn(shape, generator=gen))
+    ref = torch.nn.Parameter(ours.detach().clone())
+    opt = rmsprop.RMSprop([ours], fused=True)
+    twin = rmsprop.RMSprop([ref], foreach=False)
+    for t in range(4):
+        if t == 2:
+            ours.data = _layouts(shape, gen)[2].copy_(ours.detach())  # the same values, strided
+            assert ours.stride() != ref.stride()
+        grad = torch.randn(shape, generator=gen)
+        ours.grad, ref.grad = grad, grad.clone()
+        opt.step()
+        twin.step()
+        assert _relative(ours.detach(), ref.detach()) <= 1e-6, f"step {t}"
+
+
+@needs_fused
+def test_one_gradient_shared_by_two_parameters():
+    """Two parameters whose .grad is the same tensor (inputs that alias, read only)."""
+    gen = torch.Generator().manual_seed(7)
+    ours = [torch.nn.Parameter(torch.randn(9, generator=gen)) for _ in range(2)]
+    refs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt, twin = rmsprop.RMSprop(ours, fused=True), rmsprop.RMSprop(refs, foreach=False)
+    for _ in range(3):
+        shared = torch.randn(9, generator=gen)
+        for p in ours:
+            p.grad = shared
+        for q in refs:
+            q.grad = shared.clone()
+        opt.step()
+        twin.step()
+    for p, q in zip(ours, refs):
+        assert _relative(p.detach(), q.detach()) <= 1e-6
+
+
+@needs_fused
+def test_the_compiled_code_keeps_no_tensor_of_the_call_alive():
+    """The compiled step outlives every optimizer (shared by structure): it must
+    not keep the memory of the tensors it was compiled with."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    params = [torch.nn.Parameter(torch.randn(123, 3)), torch.nn.Parameter(torch.randn(11))]
+    opt = rmsprop.RMSprop(params, fused=True, momentum=0.3, centered=True)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    compiled = fused.compiled_structures()
+    opt.step()
+    assert fused.compiled_structures() == compiled + 1
+    refs = [StorageWeakRef(t.untyped_storage()) for t in
+            [*params, *(p.grad for p in params), *(v for s in opt.state.values() for v in s.values())]]
+    del opt, params, p
+    gc.collect()
+    assert all(ref.expired() for ref in refs)
 
 
 @needs_fused

@@ -10,7 +10,7 @@ import torch
 
 import rmsprop
 from rmsprop import settings
-from rmsprop.engine import Hyper
+from rmsprop.engine import OP_ORDERS, Hyper
 from rmsprop.paths import fused
 from rmsprop.presets import KNOBS, PRESETS, Preset, translate
 
@@ -30,7 +30,26 @@ def test_every_row_is_one_name_with_a_known_role_and_a_default_its_check_accepts
 
 def test_the_engine_reads_exactly_the_runtime_and_structure_rows():
     assert set(Hyper._fields) == set(settings.by_role("runtime", "structure"))
-    assert fused.STRUCTURE == settings.by_role("structure")
+
+
+def test_the_fused_compile_key_tells_every_structure_row_apart():
+    """The fused path's compiled code is looked up by the call's non-tensor
+    arguments, the Hyper among them: a switch that selects formula lines
+    changes the key, a number passed as a tensor does not."""
+    opt = rmsprop.RMSprop([torch.zeros(1)], lr=0.01, momentum=0.5, agc_clip=0.1, ema_decay=0.9)
+    hyper = settings.hyper_from(opt.param_groups[0])
+    cpu = torch.device("cpu")
+
+    def key(h: Hyper) -> tuple:
+        return fused._key((fused._runtime_hyper(h, cpu),))[1]
+
+    for name in settings.by_role("structure"):
+        value = getattr(hyper, name)
+        other = {"op_order": next(o for o in OP_ORDERS if o != value)}.get(name, not value) \
+            if isinstance(value, (bool, str)) else value + 1
+        assert key(hyper._replace(**{name: other})) != key(hyper), name
+    for name in settings.by_role("runtime"):
+        assert key(hyper._replace(**{name: getattr(hyper, name) / 2})) == key(hyper), name
 
 
 def test_presets_fill_exactly_the_rows_whose_default_is_the_presets():

@@ -138,7 +138,7 @@ class PathResult:
     round_s: list[float] = field(default_factory=list)  # mean step time of each round
     steps_per_round: int = 0
     first_step_s: float | None = None  # includes compiling, or allocating the state
-    compiles: int = 0  # graphs Dynamo compiled during the first step
+    compiles: int = 0  # graphs compiled during the first step (Dynamo's, or the fused path's own)
     recompiles: int = 0  # graphs compiled during the timed steps after it
     recompile_limit_hit: bool = False
     structures_compiled: int | None = None  # rmsprop.paths.fused.compiled_structures() delta (ours)
@@ -209,7 +209,8 @@ def _counter(group: str, name: str) -> int:
 
 
 def _graphs() -> int:
-    return _counter("stats", "unique_graphs")
+    """Graphs compiled so far: Dynamo's (torch.compile of torch's step) and the fused path's own."""
+    return _counter("stats", "unique_graphs") + compiled_structures()
 
 
 def _cache_hits() -> int:
@@ -272,7 +273,7 @@ def peak_extra_bytes(step: Step, device: torch.device) -> int | None:
 
 @contextlib.contextmanager
 def _counting(result: PathResult) -> Iterator[None]:
-    """Add the graphs Dynamo compiles inside the block to ``result.recompiles``."""
+    """Add the graphs compiled inside the block to ``result.recompiles``."""
     graphs, hits = _graphs(), _limit_hits()
     try:
         yield

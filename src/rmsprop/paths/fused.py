@@ -1,8 +1,9 @@
 """The fused path: the engine's pure function, compiled over a whole group.
 
-``torch.compile(fullgraph=True)`` traces :func:`rmsprop.engine.rmsprop_update`
-for every tensor of a device-and-dtype group and Inductor turns the result into
-one pass over memory per tensor (C++/OpenMP on CPU, Triton on CUDA). It is the
+:func:`_step_group` applies :func:`rmsprop.engine.rmsprop_update` to every
+tensor of a device-and-dtype group. It is traced once per structure into a
+graph (``make_fx`` on fake tensors) and Inductor turns that graph into one
+pass over memory per tensor (C++/OpenMP on CPU, Triton on CUDA). It is the
 same function the reference path calls, so the two cannot drift.
 
 What is compiled in, and what is a runtime value:
@@ -11,7 +12,7 @@ What is compiled in, and what is a runtime value:
   lr_in_momentum, nesterov, decoupled_weight_decay, bias_correction), whether
   weight decay and momentum are on at all, whether bfloat16 parameters are
   written with stochastic rounding or keep a Kahan compensation (storage
-  rows), and the tensors' count, shapes, dtype and device;
+  rows), and every tensor's shape, strides, dtype and device;
 - runtime, as 0-d float64 tensors, so that derived values such as 1 − α are
   exact before they meet the tensors, as with Python numbers on the other
   paths: lr, alpha and eps (zero or not) and the nonzero weight_decay and
@@ -21,10 +22,14 @@ What is compiled in, and what is a runtime value:
 The tensors are updated in float64 for float64 parameters and in float32
 otherwise (float16 and bfloat16 parameters are rounded once, when written back).
 
-One compiled function is kept per distinct structure (the compile-time part
-above), shared by every optimizer in the process, each with its own code
-object so that Dynamo's per-code recompile limit never falls back to eager.
-Inductor's on-disk cache lets a second process skip the C++/Triton build.
+One compiled step is kept per :func:`_key` (the compile-time part above, read
+off the call's own arguments), shared by every optimizer in the process, and
+called directly with the group's tensors. ``torch.compile`` would check the
+same facts with Dynamo's guards, but calling through Dynamo cost 60-100 µs a
+call on the RL network's 6 tensors, where the compiled code itself takes
+20 µs (docs/performance.md). Inductor's on-disk caches let a second process
+skip the compile and the C++/Triton build. Inside a user's own
+``torch.compile`` the step is traced into the user's graph instead.
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import types
 from collections.abc import Callable, Sequence
 from typing import Any, cast, overload
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 
 from ..engine import Hyper, _is_zero, clip_adaptive, ema_weight, rmsprop_update
@@ -45,9 +50,6 @@ from ..quant import Blockwise, is_quantized, stored_dtype
 from ..settings import by_role
 from . import stores
 from .grouping import StepTensors, by_device_and_dtype
-
-# The switches that select formula lines: compiled in (rmsprop.settings).
-STRUCTURE = by_role("structure")
 
 __all__ = ["fused_step", "fused_unavailable_reason", "compiled_structures", "DISABLE_ENV"]
 
@@ -58,8 +60,8 @@ DISABLE_ENV = "RMSPROP_DISABLE_COMPILE"
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
                  torch.complex64, torch.complex128)
 
-# structure key → compiled callable; shared across optimizers and steps.
-_COMPILED: dict[tuple, Callable[..., None]] = {}
+# :func:`_key` → compiled step; shared across optimizers and steps.
+_COMPILED: dict[tuple, Callable[..., Any]] = {}
 
 
 def compiled_structures() -> int:
@@ -144,10 +146,11 @@ def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence
                    key="momentum_buffer")
 
 
-# Dynamo's guards already check every input's shape, stride, dtype and device
-# before the compiled code runs; Inductor's own per-input asserts repeat that
-# check at about a microsecond per tensor, which is most of a small model's step.
-_Options = dict[str, str | int | bool | Callable[..., Any]]  # torch.compile's options=
+# Inductor's per-input asserts check each input's shape and strides at about a
+# microsecond per tensor, which is most of a small model's step; the compiled
+# code is looked up by exactly that metadata (:func:`_key`), so they repeat
+# a check already made.
+_Options = dict[str, str | int | bool | Callable[..., Any]]  # Inductor's options
 _INDUCTOR_OPTIONS: _Options = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
 
 # With 8-bit state each buffer's block maximum is a reduction over the new
@@ -158,18 +161,87 @@ _INDUCTOR_OPTIONS: _Options = {"size_asserts": False, "alignment_asserts": False
 # Structures with plain state keep Inductor's default (one loop already).
 _QUANTIZED_OPTIONS: _Options = {**_INDUCTOR_OPTIONS, "realize_reads_threshold": 1}
 
+_TENSOR = object()  # where a tensor sits among a call's arguments (its metadata ends the key)
+_SEQUENCES = (list, tuple, Hyper)
 
-def _compiled_for(key: tuple, quantized: bool) -> Callable[..., None]:
+
+def _key(args: tuple) -> tuple[list[Tensor], tuple]:
+    """The tensors of a call, in order, and the key its compiled code is
+    looked up by: every argument that is not a tensor (the compile-time part
+    of the module docstring), where each tensor sits, and each tensor's
+    shape, strides, dtype and device. Two calls with the same key run the
+    same code correctly: it is all the compiled code assumes, what Dynamo's
+    guards would check of these arguments. (One level of lists, as
+    :func:`_step_group` takes them: :func:`_compile` checks that the tensors
+    found here are every tensor of the call.)"""
+    tensors: list[Tensor] = []
+    key: list[Any] = []
+    for arg in args:
+        if isinstance(arg, Tensor):
+            items: Sequence[Any] = (arg,)
+        elif type(arg) in _SEQUENCES:  # a list of tensors or 8-bit buffers, the idents, the Hyper
+            items = arg
+        else:  # a flag, a dtype, a seed, None
+            key.append(arg)
+            continue
+        key.append(len(items))
+        for x in items:
+            if isinstance(x, Tensor):
+                tensors.append(x)
+                key.append(_TENSOR)
+            elif type(x) is Blockwise:
+                tensors += x
+                key.append(Blockwise)
+            else:  # an ident, a flag, a Python zero
+                key.append(x)
+    key.append(tuple([(t.shape, t.stride(), t.dtype, t.device) for t in tensors]))
+    return tensors, tuple(key)
+
+
+def _compile(args: tuple, tensors: list[Tensor], quantized: bool) -> Callable[..., Any]:
+    """:func:`_step_group` over ``args``, traced (on fake tensors: nothing is
+    read or written) into a graph whose inputs are ``tensors``, and compiled
+    by Inductor. The result takes the tensors of a call with the same
+    :func:`_key` and updates them in place."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    leaves, spec = pytree.tree_flatten(args)
+    at = [i for i, x in enumerate(leaves) if isinstance(x, Tensor)]
+    if len(at) != len(tensors) or any(leaves[i] is not t for i, t in zip(at, tensors)):
+        raise RuntimeError("rmsprop internal error: the compiled step's inputs are out of order")
+    for i in at:
+        leaves[i] = None  # the traced body holds no tensor of this call
+
+    def body(*inputs: Tensor) -> None:
+        filled = list(leaves)
+        for i, x in zip(at, inputs):
+            filled[i] = x
+        _step_group(*pytree.tree_unflatten(filled, spec))
+
+    examples = [t.detach() for t in tensors]
+    with torch.no_grad():
+        graph = make_fx(body, tracing_mode="fake")(*examples)
+        # A fake mode with a shape environment, as Dynamo would hand Inductor: without
+        # one, Inductor's and AOTAutograd's on-disk caches are bypassed. Static shapes.
+        context = torch._guards.TracingContext(FakeTensorMode(shape_env=ShapeEnv()))
+        with torch._guards.tracing(context):
+            return stores.call(torch._inductor.compile, graph, examples,
+                               options=_QUANTIZED_OPTIONS if quantized else _INDUCTOR_OPTIONS)
+
+
+def _run(args: tuple, quantized: bool) -> None:
+    """One compiled call: the code for this call's key, compiled the first time."""
+    tensors, key = _key(args)
     fn = _COMPILED.get(key)
     if fn is None:
-        # A fresh code object per structure: Dynamo counts recompiles per code
-        # object, and one optimizer may hold many structures.
-        code = _step_group.__code__.replace(co_name=f"_step_group_{len(_COMPILED)}")
-        body = types.FunctionType(code, _step_group.__globals__, code.co_name)
-        options = _QUANTIZED_OPTIONS if quantized else _INDUCTOR_OPTIONS
-        fn = torch.compile(body, fullgraph=True, dynamic=False, options=options)
-        _COMPILED[key] = fn
-    return fn
+        fn = _COMPILED[key] = _compile(args, tensors, quantized)
+    if torch.is_grad_enabled():  # the step is under no_grad; a direct caller may not be
+        with torch.no_grad():
+            fn(*tensors)
+    else:
+        fn(*tensors)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -187,7 +259,12 @@ _RUNTIME = by_role("runtime")
 
 def _runtime_hyper(hyper: Hyper, device: torch.device) -> Hyper:
     """Numbers become 0-d float64 tensors, except a zero weight decay or
-    momentum, which stays a Python zero."""
+    momentum, which stays a Python zero. Kept for the next step while a
+    group's settings stay as they are (the plan hands over the same Hyper):
+    not for a tensor lr, whose value may change in place."""
+    seen = _RUNTIME_HYPERS.get((id(hyper), device))
+    if seen is not None and seen[0] is hyper:
+        return seen[1]
 
     def value(role: str, x: Any) -> Any:
         if isinstance(x, Tensor):
@@ -196,7 +273,16 @@ def _runtime_hyper(hyper: Hyper, device: torch.device) -> Hyper:
             return 0.0
         return _scalar(role, float(x), device)
 
-    return hyper._replace(**{role: value(role, getattr(hyper, role)) for role in _RUNTIME})
+    runtime = hyper._replace(**{role: value(role, getattr(hyper, role)) for role in _RUNTIME})
+    if not isinstance(hyper.lr, Tensor):  # the only setting that may be a tensor (rmsprop.settings)
+        if len(_RUNTIME_HYPERS) >= 64:
+            _RUNTIME_HYPERS.clear()
+        _RUNTIME_HYPERS[id(hyper), device] = (hyper, runtime)  # holding `hyper` keeps its id unique
+    return runtime
+
+
+# (id of a Hyper, device) → (that Hyper, its runtime form)
+_RUNTIME_HYPERS: dict[tuple[int, torch.device], tuple[Hyper, Hyper]] = {}
 
 
 def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
@@ -226,14 +312,7 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
             # Inside a user's own torch.compile: trace through, do not nest.
             _step_group(*args)
             continue
-        key = (
-            tuple(getattr(hyper, name) for name in STRUCTURE),
-            tuple(getattr(hyper, name) != 0 for name in _STRUCTURAL_ZEROS), finite is not None,
-            grad_scale is not None, dtype.is_complex, rounding_seed, bool(c), idents,
-            str(device), p[0].dtype, stored_dtype(v[0]), steps[0].device.type,
-            tuple(tuple(x.shape) for x in p), tuple(tuple(x.stride()) for x in p),
-        )
-        stores.call(_compiled_for(key, quantized), *args)
+        _run(args, quantized)
 
 
 def _ema_weights(hyper: Hyper, steps: Sequence[Tensor], device: torch.device) -> list[Tensor]:
@@ -258,18 +337,15 @@ def _real(tensors: list[Tensor]) -> list[Tensor]: ...
 @overload
 def _real(tensors: Sequence[Buffer]) -> Sequence[Buffer]: ...
 def _real(tensors: Sequence[Buffer]) -> Sequence[Buffer]:
-    """Detached, real, at-least-1-d views of the same storage: plain tensors
-    whatever the caller's types (so the compiled code is shared), complex
-    tensors as ``view_as_real`` (outside the graph), and 0-d tensors as
-    1-element views (Inductor 2.13 drops in-place writes into some 0-d graph
-    inputs)."""
+    """Real, at-least-1-d tensors on the same storage: complex tensors as
+    ``view_as_real`` (outside the graph), and 0-d tensors as 1-element views
+    (Inductor 2.13 drops in-place writes into some 0-d graph inputs). A
+    parameter is passed as it is: the compiled code neither reads nor
+    records autograd state, and a detached view costs a microsecond a tensor."""
     out: list[Buffer] = []
     for x in tensors:
-        if type(x) is Tensor and not x.requires_grad and x.dim() and not x.is_complex():
-            out.append(x)  # already one (a state buffer, a gradient): no new view, ~1 µs a tensor
-            continue
-        if isinstance(x, Blockwise):  # 8-bit state (rmsprop.quant): codes and scales, never complex or 0-d
-            out.append(Blockwise(x.codes.detach(), x.absmax.detach()))
+        if isinstance(x, Blockwise) or x.dim() and not x.is_complex():  # nearly every tensor: as it is
+            out.append(x)
             continue
         x = torch.view_as_real(x.detach()) if torch.is_complex(x) else x.detach()
         out.append(x.view(1) if x.dim() == 0 else x)

@@ -17,11 +17,11 @@ how the store was found, ``docs/low-memory.md`` has the tables). The codes
 of 8-bit state (16 bytes from a 512-bit register) and the 16-bit loads were
 tried the same way and gained nothing, so they keep Inductor's code.
 
-:func:`call` runs a compiled step with Inductor's vector store emitter
-wrapped for its duration, so that a kernel compiled during the call (the
-first call, or a recompile) gets the plain store; nothing else in the process
-is touched outside the call, and a kernel compiled there is the same code
-with a cheaper store, so another thread compiling meanwhile loses nothing.
+:func:`call` runs the fused path's compile with Inductor's vector store
+emitter wrapped for its duration, so that the kernels compiled there get the
+plain store; nothing else in the process is touched outside the call, and a
+kernel compiled there is the same code with a cheaper store, so another
+thread compiling meanwhile loses nothing.
 Where the emitter is not the one this was written against (another PyTorch
 version, no AVX-512), the kernel keeps Inductor's own store: the same values,
 only slower. Inductor's on-disk cache keeps what a kernel was compiled as:
@@ -33,11 +33,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 __all__ = ["call", "active"]
+
+_T = TypeVar("_T")
 
 # register bits of the store → the plain store of that many low bits of a 512-bit register
 _PLAIN = {256: "_mm256_storeu_si256(reinterpret_cast<__m256i*>({ptr}), _mm512_castsi512_si256({value}));"}
@@ -89,18 +91,17 @@ def active() -> bool:
     return _emitter() is not None
 
 
-def call(fn: Callable[..., None], *args: Any) -> None:
-    """``fn(*args)`` with Inductor's CPU vector stores of 16-bit floats made plain while it runs."""
+def call(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``fn(*args, **kwargs)`` (a compile) with Inductor's CPU vector stores of
+    16-bit floats made plain while it runs."""
     found = _emitter()
     if found is None:
-        fn(*args)
-        return
+        return fn(*args, **kwargs)
     kernel, emit, _ = found
     if kernel.__dict__.get("_get_store_line") is not emit:  # already wrapped (a nested or concurrent call)
-        fn(*args)
-        return
+        return fn(*args, **kwargs)
     kernel._get_store_line = _plain_store
     try:
-        fn(*args)
+        return fn(*args, **kwargs)
     finally:
         kernel._get_store_line = emit
