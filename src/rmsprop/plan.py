@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from torch.nn import Parameter
 from torch.optim.optimizer import _get_scalar_dtype
 
 from . import functional
@@ -141,7 +142,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
             reason = storage_refusal(p, precision, rounding, kahan)
             if reason is not None:
                 raise ValueError(f"{_who(group, g, j)}: {reason}")
-        if _sharded(p):
+        if type(p) is not Parameter and type(p) is not Tensor and _sharded(p):  # (a plain tensor is whole)
             if group["caution"]:
                 raise ValueError(f"{_who(group, g, j)} is sharded ({p.placements}): caution=True needs each "
                                  "tensor whole, since (15) divides by the mean of its mask over the tensor")

@@ -27,7 +27,7 @@ __all__ = ["PATHS", "AUTO_FUSED_MIN_BYTES", "AUTO_FUSED_MIN_LARGEST", "auto_fuse
 #: benchmarks/path_choice.py, which docs/paths.md quotes; the tensor count did
 #: not move the crossover there (1 to 100 tensors), so it is not in the rule.
 AUTO_FUSED_MIN_BYTES: dict[str, int] = {
-    "fp32": 3 << 20,  # plain (20 B/element): from 157k elements; centered + momentum (36 B): from 87k
+    "fp32": 1 << 20,  # plain (20 B/element): from 52k elements; centered + momentum (36 B): from 29k
     "bf16": 1 << 20,  # plain (16 B): from 66k; centered + momentum (24 B): from 44k
     "int8": 1 << 20,  # plain (14 B): from 75k; centered + momentum (18 B): from 58k
 }

@@ -162,7 +162,6 @@ _INDUCTOR_OPTIONS: _Options = {"size_asserts": False, "alignment_asserts": False
 _QUANTIZED_OPTIONS: _Options = {**_INDUCTOR_OPTIONS, "realize_reads_threshold": 1}
 
 _TENSOR = object()  # where a tensor sits among a call's arguments (its metadata ends the key)
-_SEQUENCES = (list, tuple, Hyper)
 
 
 def _key(args: tuple) -> tuple[list[Tensor], tuple]:
@@ -171,29 +170,36 @@ def _key(args: tuple) -> tuple[list[Tensor], tuple]:
     of the module docstring), where each tensor sits, and each tensor's
     shape, strides, dtype and device. Two calls with the same key run the
     same code correctly: it is all the compiled code assumes, what Dynamo's
-    guards would check of these arguments. (One level of lists, as
-    :func:`_step_group` takes them: :func:`_compile` checks that the tensors
-    found here are every tensor of the call.)"""
+    guards would check of these arguments. (The arguments as
+    :func:`_step_group` takes them: tensors, lists of tensors and 8-bit
+    buffers, the Hyper, and values; :func:`_compile` checks that the
+    tensors found here are every tensor of the call.)"""
     tensors: list[Tensor] = []
     key: list[Any] = []
     for arg in args:
         if isinstance(arg, Tensor):
-            items: Sequence[Any] = (arg,)
-        elif type(arg) in _SEQUENCES:  # a list of tensors or 8-bit buffers, the idents, the Hyper
-            items = arg
-        else:  # a flag, a dtype, a seed, None
+            tensors.append(arg)
+            key.append(_TENSOR)
+        elif type(arg) is list:  # tensors, or 8-bit buffers (two tensors each)
+            key.append(len(arg))
+            if Blockwise in map(type, arg):
+                for x in arg:
+                    key.append(type(x) is Blockwise)
+                    if type(x) is Blockwise:
+                        tensors += x
+                    else:
+                        tensors.append(x)
+            else:
+                tensors += arg
+        elif type(arg) is Hyper:  # numbers as tensors, switches and Python zeros as they are
+            for x in arg:
+                if isinstance(x, Tensor):
+                    tensors.append(x)
+                    key.append(_TENSOR)
+                else:
+                    key.append(x)
+        else:  # a flag, a dtype, a seed, None, the idents (a tuple of ints)
             key.append(arg)
-            continue
-        key.append(len(items))
-        for x in items:
-            if isinstance(x, Tensor):
-                tensors.append(x)
-                key.append(_TENSOR)
-            elif type(x) is Blockwise:
-                tensors += x
-                key.append(Blockwise)
-            else:  # an ident, a flag, a Python zero
-                key.append(x)
     key.append(tuple([(t.shape, t.stride(), t.dtype, t.device) for t in tensors]))
     return tensors, tuple(key)
 
