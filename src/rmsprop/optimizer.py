@@ -112,7 +112,7 @@ class RMSprop(Optimizer):
             path, None to let :func:`rmsprop.paths.choose_path` pick
             (default: None).
         fused: True for one compiled pass over memory per tensor
-            (``torch.compile`` of the same update), False never to compile,
+            (the same update compiled by Inductor), False never to compile,
             None to let :func:`rmsprop.paths.choose_path` pick (default: None).
         maximize: maximize the objective instead of minimizing (default: False).
         differentiable: let autograd run through the step (reference path

@@ -2,7 +2,7 @@
 
 - ``reference``: per tensor, calls :func:`rmsprop.engine.rmsprop_update`.
 - ``foreach``: multi-tensor ``torch._foreach_*`` ops, grouped by device and dtype.
-- ``fused``: the engine's function compiled with ``torch.compile`` over a group.
+- ``fused``: the engine's function, traced once and compiled by Inductor over a group.
 """
 
 from __future__ import annotations
