@@ -299,6 +299,31 @@ def test_one_gradient_shared_by_two_parameters():
 
 
 @needs_fused
+def test_a_small_group_compiles_single_threaded(monkeypatch):
+    """Under fused.SERIAL_BELOW elements a group's kernel opens no OpenMP
+    region (waking a second thread cost more than the RL net's whole update);
+    from there on its loops run on every thread."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import run_and_get_code
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread: Inductor writes no parallel region at any size")
+
+    def code(total: int) -> str:
+        params = [torch.nn.Parameter(torch.randn(n)) for n in split_sizes(total, 4)]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt = rmsprop.RMSprop(params, fused=True)
+        with monkeypatch.context() as m, inductor_config.patch(force_disable_caches=True):
+            m.setattr(fused, "_COMPILED", {})
+            _, codes = run_and_get_code(opt.step)
+        return "\n".join(codes)
+
+    assert "#pragma omp parallel" not in code(fused.SERIAL_BELOW - 1)
+    assert "#pragma omp parallel" in code(fused.SERIAL_BELOW)
+
+
+@needs_fused
 def test_the_compiled_code_keeps_no_tensor_of_the_call_alive():
     """The compiled step outlives every optimizer (shared by structure): it must
     not keep the memory of the tensors it was compiled with."""
