@@ -178,6 +178,7 @@ def _options(quantized: bool, numel: int) -> _Options:
     options = _QUANTIZED_OPTIONS if quantized else _INDUCTOR_OPTIONS
     return {**options, "cpp.threads": 1} if numel < SERIAL_BELOW else options
 
+
 _TENSOR = object()  # where a tensor sits among a call's arguments (its metadata ends the key)
 
 
