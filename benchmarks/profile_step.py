@@ -25,9 +25,10 @@ A step is cut into four nested layers, each timed, none estimated:
    the table).
 
 How the layers are reached, without changing the library: the fused path
-looks its compiled callables up in ``rmsprop.paths.fused._COMPILED`` at
-every call; the script swaps timed wrappers into that dict (and captures
-the arguments). Inductor's generated module (``PyCodeCache``) calls its
+keeps its compiled callables in ``rmsprop.paths.fused._COMPILED`` (one
+record per key and layout, its callable as ``.fn``) and calls the one it
+looks up at every call; the script swaps timed wrappers into those records
+(and captures the arguments). Inductor's generated module (``PyCodeCache``) calls its
 kernels and its buffer allocator (``empty_strided_cpu``) through module
 globals: those are wrapped too, which times each kernel in place, page
 faults included, and counts the bytes of every buffer the graph allocates.
@@ -69,6 +70,7 @@ spin-waiting made steps several times slower on the shared VM).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -156,7 +158,7 @@ class Layers:
         self.kernel_s: dict[str, float] = {}
         self.alloc_bytes = 0
         self.capture: list[tuple[Callable[..., Any], tuple]] | None = None
-        self._saved: list[tuple[dict[Any, Any], Any, Any]] = []
+        self._saved: list[Callable[[], None]] = []  # each puts one original back
 
     def reset(self) -> None:
         self.call_s = 0.0
@@ -164,14 +166,19 @@ class Layers:
         self.alloc_bytes = 0
 
     def _swap(self, namespace: dict[Any, Any], name: Any, new: Any) -> None:
-        self._saved.append((namespace, name, namespace[name]))
+        self._saved.append(functools.partial(namespace.__setitem__, name, namespace[name]))
         namespace[name] = new
+
+    def _swap_fn(self, record: Any, new: Any) -> None:
+        self._saved.append(functools.partial(setattr, record, "fn", record.fn))
+        record.fn = new
 
     def install(self) -> None:
         if not isinstance(getattr(fused, "_COMPILED", None), dict) or not fused._COMPILED:
             raise SystemExit("rmsprop.paths.fused keeps no _COMPILED dict: update benchmarks/profile_step.py")
-        for key, compiled in list(fused._COMPILED.items()):
-            self._swap(fused._COMPILED, key, self._timed_call(compiled))
+        for records in fused._COMPILED.values():
+            for record in records:
+                self._swap_fn(record, self._timed_call(record.fn))
         for module in self._modules:
             namespace = vars(module)
             for name in list(namespace):
@@ -183,8 +190,7 @@ class Layers:
 
     def uninstall(self) -> None:
         while self._saved:
-            namespace, name, value = self._saved.pop()
-            namespace[name] = value
+            self._saved.pop()()
 
     def _timed_call(self, compiled: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any) -> Any:

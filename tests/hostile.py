@@ -287,3 +287,79 @@ def _witnesses(trial: Trial, step: int, profiles: list[str | None],
 __all__ = ["DTYPES", "REAL_DTYPES", "PROFILES", "TAME_PROFILES", "LAYOUTS", "Spec", "Trial", "examples",
            "mostly", "values", "build", "specs", "knobs", "grad_profiles", "finite", "has_nan", "as_real",
            "overflow_limit", "overflows", "overflowing", "beyond", "real_dtype", "empty_with_layout"]
+
+
+# Edits a hostile user makes to an optimizer between two steps, after the
+# steps before have let it keep its plan (rmsprop.plan._Reusable). Each takes
+# the optimizer, its parameters (the first two 2-D, the first alone in the
+# first group) and a generator, and is applied to twin optimizers with equal
+# generators: the one that may reuse its plan must do exactly what the one
+# that plans every step afresh does.
+def _state(opt, p) -> dict:
+    return opt.state[p]
+
+
+def _new_param(opt, params, gen) -> None:
+    """One more parameter in the first group: the later groups' parameters move up."""
+    p = torch.nn.Parameter(torch.randn(3, generator=gen, dtype=params[0].dtype))
+    p.grad = torch.randn(3, generator=gen, dtype=p.dtype)
+    params.append(p)
+    opt.param_groups[0]["params"].append(p)
+
+
+def _drop_param(opt, params, gen) -> None:
+    dropped = opt.param_groups[-1]["params"].pop()
+    del params[next(i for i, p in enumerate(params) if p is dropped)]
+
+
+def _swap_param(opt, params, gen) -> None:
+    """The last parameter replaced by a copy, which takes over its state."""
+    old = opt.param_groups[-1]["params"][-1]
+    new = torch.nn.Parameter(old.detach().clone())
+    new.grad = old.grad
+    opt.param_groups[-1]["params"][-1] = new
+    opt.state[new] = opt.state.pop(old)
+    params[next(i for i, p in enumerate(params) if p is old)] = new
+
+
+def _new_states(opt, params, gen) -> None:
+    opt.state = type(opt.state)(dict)
+
+
+REUSE_EDITS: dict[str, Any] = {
+    "nothing": lambda opt, ps, gen: None,
+    "a gradient is None": lambda opt, ps, gen: setattr(ps[2], "grad", None),
+    "a sparse gradient": lambda opt, ps, gen: setattr(ps[0], "grad", ps[0].grad.to_sparse()),
+    "a transposed gradient": lambda opt, ps, gen: setattr(ps[0], "grad", ps[0].grad.t().contiguous().t()),
+    "a gradient that requires grad": lambda opt, ps, gen: ps[1].grad.requires_grad_(),
+    "a parameter's data reshaped": lambda opt, ps, gen: setattr(ps[0], "data", ps[0].data.flatten()),
+    "a parameter's data strided": lambda opt, ps, gen: setattr(
+        ps[1], "data", ps[1].data.t().contiguous().t()),
+    "a parameter's data in float64": lambda opt, ps, gen: setattr(ps[2], "data", ps[2].data.double()),
+    "a parameter frozen": lambda opt, ps, gen: ps[2].requires_grad_(False),
+    "a state popped": lambda opt, ps, gen: opt.state.pop(ps[1]),
+    "the state dict replaced": _new_states,
+    "a state replaced by a copy": lambda opt, ps, gen: opt.state.__setitem__(
+        ps[0], {k: v.clone() for k, v in _state(opt, ps[0]).items()}),
+    "a buffer replaced by a copy": lambda opt, ps, gen: _state(opt, ps[1]).__setitem__(
+        "square_avg", _state(opt, ps[1])["square_avg"].clone()),
+    "a buffer of another shape": lambda opt, ps, gen: _state(opt, ps[1]).__setitem__(
+        "square_avg", torch.zeros(7)),
+    "a buffer resized in place": lambda opt, ps, gen: _state(opt, ps[0])["square_avg"].resize_(12),
+    "a buffer in float64": lambda opt, ps, gen: setattr(
+        _state(opt, ps[1])["square_avg"], "data", _state(opt, ps[1])["square_avg"].data.double()),
+    "a buffer deleted": lambda opt, ps, gen: _state(opt, ps[2]).pop("square_avg"),
+    "a momentum buffer deleted": lambda opt, ps, gen: _state(opt, ps[0]).pop("momentum_buffer", None),
+    "the step count replaced": lambda opt, ps, gen: _state(opt, ps[0]).__setitem__(
+        "step", torch.tensor(50.0)),
+    "a parameter appended": _new_param,
+    "a parameter removed": _drop_param,
+    "a parameter replaced, its state kept": _swap_param,
+    "the parameters reordered": lambda opt, ps, gen: opt.param_groups[-1].__setitem__(
+        "params", opt.param_groups[-1]["params"][::-1]),
+    "the learning rate halved": lambda opt, ps, gen: opt.param_groups[-1].__setitem__(
+        "lr", opt.param_groups[-1]["lr"] / 2),
+    "momentum switched on": lambda opt, ps, gen: opt.param_groups[-1].__setitem__("momentum", 0.5),
+    "centering switched off": lambda opt, ps, gen: opt.param_groups[-1].__setitem__("centered", False),
+    "the state reloaded": lambda opt, ps, gen: opt.load_state_dict(opt.state_dict()),
+}

@@ -8,11 +8,19 @@ even lazily created state. Only when every group of the step has been
 planned (and the non-finite verdict reached: :mod:`rmsprop.finite`) does
 :func:`run_group` create the missing state and hand the tensors to a path,
 and paths raise no user error. So a step that raises changes nothing.
+
+A group's plan is kept for the next step, which reuses it with its own
+gradients only after checking that nothing the plan was made from changed
+(:class:`_Reusable`: the same parameters, state objects and layouts): a
+small model's step is mostly this Python, and checking costs about half
+of planning (``tests/test_reuse.py`` edits an optimizer between
+steps in every way it could go stale).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import is_
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +30,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from . import functional
 from .engine import Hyper
+from .guards import Guard, layout_guard
 from .paths import choose_path
 from .paths.grouping import StepTensors
 from .precision import (
@@ -35,6 +44,7 @@ from .precision import (
     put_buffer,
     restore_,
     storage_refusal,
+    stored_keys,
 )
 from .quant import Blockwise
 from .settings import check_group, fingerprint, hyper_from
@@ -62,18 +72,108 @@ class GroupPlan:
     hyper: Hyper
     path: str
     states: list[dict[str, Any]] | None = None  # the parameters' states, when nothing is left to create
+    tensors: StepTensors | None = None  # everything the path takes, when reused from the last step
 
 
 class _Checked:
     """What the last check of a group found, to skip the next while nothing changed."""
 
-    __slots__ = ("group", "fingerprint", "preset", "params", "path", "hyper")
+    __slots__ = ("group", "fingerprint", "preset", "params", "path", "hyper", "last")
 
     def __init__(self, group: dict[str, Any], fingerprint: tuple, preset: str) -> None:
         self.group, self.fingerprint, self.preset = group, fingerprint, preset
         self.params: tuple[int, ...] | None = None  # ids of the parameters the path was chosen for
         self.path = ""
         self.hyper: Hyper | None = None
+        self.last: _Reusable | None = None  # the last plan, while these settings hold
+
+
+class _Reusable:
+    """A group's last plan, made when every parameter had a gradient of its
+    own dtype and a complete state, and what the next step checks before it
+    reuses it (:func:`_reuse`): the same parameters, in the same places, each
+    with a gradient; the same state dict, and in it the same object under
+    every key the step reads (a missing key stays missing); and one guard
+    (:mod:`rmsprop.guards`) that every parameter, gradient and buffer has
+    its layout, type and ``requires_grad`` of then. Those are every fact the
+    full plan's checks read, so a plan reused is the plan the checks would
+    have made, and every step that could fail is planned in full. The
+    settings are checked before (a change drops this record with its
+    :class:`_Checked`)."""
+
+    __slots__ = ("all_states", "offset", "params", "positions", "states", "read_from", "read_keys",
+                 "read_values", "guard", "buffers", "idents", "state_tensors")
+
+    def __init__(self, opt: RMSprop, group: dict[str, Any], offset: int, params: list[Tensor],
+                 states: list[dict[str, Any]], tensors: StepTensors, guard: Guard) -> None:
+        self.all_states, self.offset, self.params, self.states = opt.state, offset, params, states
+        self.positions = list(range(len(params)))
+        self.read_from: list[dict[str, Any]] = []
+        self.read_keys: list[str] = []
+        for state in states:
+            keys = _read_keys(group, state)
+            self.read_from += [state] * len(keys)
+            self.read_keys += keys
+        self.read_values = list(map(dict.get, self.read_from, self.read_keys))
+        self.buffers = _buffers(tensors)
+        self.idents, self.guard = tensors.idents, guard
+        self.state_tensors: tuple[Any, ...] = tuple(tensors)[2:]  # a StepTensors' fields after the gradients
+
+
+def _buffers(t: StepTensors) -> list[Tensor]:
+    """Every state tensor of a step but the counts (8-bit buffers as their two tensors)."""
+    out: list[Tensor] = []
+    for buffers in (t.square_avgs, t.grad_avgs, t.momentum_buffers, t.emas, t.comps):
+        for buffer in buffers:
+            if isinstance(buffer, Blockwise):
+                out += buffer
+            else:
+                out.append(buffer)
+    return out
+
+
+def _read_keys(group: dict[str, Any], state: dict[str, Any]) -> list[str]:
+    """The keys of a complete state that planning and running a step of this
+    group read: the count, the Kahan compensation (present or not), and each
+    buffer the knobs use under the key it is stored at (a full-width buffer's
+    own key wins over 8-bit parts: rmsprop.precision), with the other forms'
+    keys while that one is missing."""
+    keys = ["step", KAHAN_COMP]
+    for key in ("square_avg", *needed_buffers(group)):
+        keys += (key,) if key in state else stored_keys(key)
+    return keys
+
+
+def _reuse(opt: RMSprop, checked: _Checked, g: int, group: dict[str, Any], offset: int) -> GroupPlan | None:
+    """The group's last plan with this step's gradients, if nothing it was
+    made from changed (:class:`_Reusable`); else None."""
+    last = checked.last
+    if last is None or opt.state is not last.all_states or offset != last.offset:
+        return None
+    params = group["params"]
+    if len(params) != len(last.params) or not all(map(is_, params, last.params)):
+        return None
+    grads = [p.grad for p in params]  # (a None refused by the guard)
+    if not all(map(is_, map(last.all_states.get, params), last.states)) or not all(
+            map(is_, map(dict.get, last.read_from, last.read_keys), last.read_values)):
+        return None
+    if not last.guard.check(*params, *grads, *last.buffers):
+        return None
+    assert checked.hyper is not None  # (kept only then)
+    return GroupPlan(g, group, last.positions, last.params, grads, last.idents, checked.hyper, checked.path,
+                     last.states, StepTensors(last.params, grads, *last.state_tensors))
+
+
+def _remember(opt: RMSprop, plan: GroupPlan, offset: int) -> _Reusable | None:
+    """What the next step needs to reuse ``plan`` (made in full, every
+    parameter of the group with a gradient), or None where no guard can be
+    built. Sets the plan's tensors: this step runs them too."""
+    assert plan.states is not None
+    tensors = plan.tensors = _step_tensors(plan.group, plan.params, plan.grads, plan.idents, plan.states)
+    guard = layout_guard([*plan.params, *plan.grads, *_buffers(tensors)])
+    if guard is None:
+        return None
+    return _Reusable(opt, plan.group, offset, plan.params, plan.states, tensors, guard)
 
 
 def check_settings(opt: RMSprop, g: int, group: dict[str, Any]) -> _Checked:
@@ -116,6 +216,10 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
     in the optimizer); None when no parameter of it has a gradient. With
     ``only``, plan that one parameter of the group (step_in_backward)."""
     checked = None if settings_checked else check_settings(opt, g, group)
+    if checked is not None and checked.last is not None and only is None:
+        reused = _reuse(opt, checked, g, group, offset)
+        if reused is not None:
+            return reused
     precision, rounding = group["state_precision"], group["stochastic_rounding"]
     kahan = bool(group["kahan_summation"])
     plain = precision == "param" and not rounding  # the parameter's dtype; nothing to refuse but the dtype
@@ -126,6 +230,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
     grads: list[Tensor] = []
     states: list[dict[str, Any]] = []  # complete only while `ready`
     ready = True  # every state exists, stored as the group says, with every buffer the knobs use
+    as_they_are = True  # plain tensors, and gradients of their parameters' dtypes
     for j, p in enumerate(group["params"]):
         grad = p.grad
         if grad is None or (only is not None and p is not only):
@@ -142,7 +247,10 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
             reason = storage_refusal(p, precision, rounding, kahan)
             if reason is not None:
                 raise ValueError(f"{_who(group, g, j)}: {reason}")
-        if type(p) is not Parameter and type(p) is not Tensor and _sharded(p):  # (a plain tensor is whole)
+        subclass = type(p) is not Parameter and type(p) is not Tensor
+        if subclass:
+            as_they_are = False
+        if subclass and _sharded(p):  # (a plain tensor is whole)
             if group["caution"]:
                 raise ValueError(f"{_who(group, g, j)} is sharded ({p.placements}): caution=True needs each "
                                  "tensor whole, since (15) divides by the mean of its mask over the tensor")
@@ -172,6 +280,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
             ready = False
         if not same_dtype:  # torch's `grad_dtype` allows it: g is read at θ's precision
             grad = grad.to(dtype)
+            as_they_are = False
         positions.append(j)
         params.append(p)
         grads.append(grad)
@@ -193,7 +302,11 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
         if checked is not None:
             checked.params, checked.path = ids, path
             checked.hyper = None if isinstance(group["lr"], Tensor) else hyper
-    return GroupPlan(g, group, positions, params, grads, idents, hyper, path, states if ready else None)
+    plan = GroupPlan(g, group, positions, params, grads, idents, hyper, path, states if ready else None)
+    if checked is not None and only is None:  # kept for the next step, when it can be
+        reusable = ready and as_they_are and checked.hyper is not None and len(params) == len(group["params"])
+        checked.last = _remember(opt, plan, offset) if reusable else None
+    return plan
 
 
 def who(plan: GroupPlan, i: int) -> str:
@@ -212,6 +325,19 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None,
     """Write one planned group's step: complete its state, then run its path.
     ``grad_scale``: line (0)'s factor (``max_grad_norm``), or None."""
     group = plan.group
+    tensors = plan.tensors
+    if tensors is None:
+        states = plan.states if plan.states is not None else [
+            ensure_state(opt, p, group) for p in plan.params]
+        tensors = _step_tensors(group, plan.params, plan.grads, plan.idents, states)
+    seed = group["rounding_seed"] if group["stochastic_rounding"] else None
+    functional.apply(tensors, plan.hyper, path=plan.path, differentiable=group["differentiable"],
+                     finite=finite, rounding_seed=seed, grad_scale=grad_scale)
+
+
+def _step_tensors(group: dict[str, Any], params: list[Tensor], grads: list[Tensor], idents: list[int],
+                  states: list[dict[str, Any]]) -> StepTensors:
+    """What a path takes: the tensors, and the buffers of complete states that the knobs use."""
     centered, use_momentum, use_ema = group["centered"], group["momentum"] != 0, group["ema_decay"] != 0
     square_avgs: list[Buffer] = []
     grad_avgs: list[Buffer] = []
@@ -220,7 +346,6 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None,
     comps: list[Tensor] = []
     kahan = group["kahan_summation"]
     steps: list[Tensor] = []
-    states = plan.states if plan.states is not None else [ensure_state(opt, p, group) for p in plan.params]
     for state in states:
         square_avgs.append(get_buffer(state, "square_avg"))  # type: ignore[arg-type]
         steps.append(state["step"])
@@ -232,11 +357,7 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None,
             emas.append(state["ema"])
         if kahan:
             comps.append(state[KAHAN_COMP])
-    tensors = StepTensors(plan.params, plan.grads, square_avgs, grad_avgs, momentum_buffers, steps,
-                          plan.idents, emas, comps)
-    seed = group["rounding_seed"] if group["stochastic_rounding"] else None
-    functional.apply(tensors, plan.hyper, path=plan.path, differentiable=group["differentiable"],
-                     finite=finite, rounding_seed=seed, grad_scale=grad_scale)
+    return StepTensors(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, idents, emas, comps)
 
 
 def ensure_state(opt: RMSprop, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:

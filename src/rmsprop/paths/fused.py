@@ -22,12 +22,14 @@ What is compiled in, and what is a runtime value:
 The tensors are updated in float64 for float64 parameters and in float32
 otherwise (float16 and bfloat16 parameters are rounded once, when written back).
 
-One compiled step is kept per :func:`_key` (the compile-time part above, read
-off the call's own arguments), shared by every optimizer in the process, and
-called directly with the group's tensors. ``torch.compile`` would check the
-same facts with Dynamo's guards, but calling through Dynamo cost 60-100 µs a
-call on the RL network's 6 tensors, where the compiled code itself takes
-20 µs (docs/performance.md). Inductor's on-disk caches let a second process
+One compiled step is kept per :func:`_key` and :func:`_layout` (the
+compile-time part above, read off the call's own arguments), shared by every
+optimizer in the process, and called directly with the group's tensors; a
+call finds its code by a C++ guard of its tensors' layout
+(:mod:`rmsprop.guards`), or, where none accepts it, by the layout read in
+Python. ``torch.compile`` would check the same facts with Dynamo's guards,
+but calling through Dynamo cost 60-100 µs a call on the RL network's 6
+tensors, where the compiled code itself takes 20 µs (docs/performance.md). Inductor's on-disk caches let a second process
 skip the compile and the C++/Triton build. Inside a user's own
 ``torch.compile`` the step is traced into the user's graph instead.
 """
@@ -45,6 +47,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 
 from ..engine import Hyper, _is_zero, clip_adaptive, ema_weight, rmsprop_update
+from ..guards import Guard, layout_guard
 from ..precision import Buffer, kahan_read, kahan_write_, load, store_, working_dtype, write_param_
 from ..quant import Blockwise, is_quantized, stored_dtype
 from ..settings import by_role
@@ -60,13 +63,14 @@ DISABLE_ENV = "RMSPROP_DISABLE_COMPILE"
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
                  torch.complex64, torch.complex128)
 
-# :func:`_key` → compiled step; shared across optimizers and steps.
-_COMPILED: dict[tuple, Callable[..., Any]] = {}
+# :func:`_key` → the steps compiled for it, one per layout; shared across
+# optimizers and steps.
+_COMPILED: dict[tuple, list[_Compiled]] = {}
 
 
 def compiled_structures() -> int:
     """How many distinct group structures have been compiled in this process."""
-    return len(_COMPILED)
+    return sum(map(len, _COMPILED.values()))
 
 
 def fused_unavailable_reason(params: list[Tensor], differentiable: bool) -> str | None:
@@ -183,15 +187,13 @@ _TENSOR = object()  # where a tensor sits among a call's arguments (its metadata
 
 
 def _key(args: tuple) -> tuple[list[Tensor], tuple]:
-    """The tensors of a call, in order, and the key its compiled code is
-    looked up by: every argument that is not a tensor (the compile-time part
-    of the module docstring), where each tensor sits, and each tensor's
-    shape, strides, dtype and device. Two calls with the same key run the
-    same code correctly: it is all the compiled code assumes, what Dynamo's
-    guards would check of these arguments. (The arguments as
-    :func:`_step_group` takes them: tensors, lists of tensors and 8-bit
-    buffers, the Hyper, and values; :func:`_compile` checks that the
-    tensors found here are every tensor of the call.)"""
+    """The tensors of a call, in order, and the part of the key its compiled
+    code is looked up by that is not the tensors' layout: every argument
+    that is not a tensor (the compile-time part of the module docstring)
+    and where each tensor sits. (The arguments as :func:`_step_group` takes
+    them: tensors, lists of tensors and 8-bit buffers, the Hyper, and
+    values; :func:`_compile` checks that the tensors found here are every
+    tensor of the call.)"""
     tensors: list[Tensor] = []
     key: list[Any] = []
     for arg in args:
@@ -218,15 +220,60 @@ def _key(args: tuple) -> tuple[list[Tensor], tuple]:
                     key.append(x)
         else:  # a flag, a dtype, a seed, None, the idents (a tuple of ints)
             key.append(arg)
-    key.append(tuple([(t.shape, t.stride(), t.dtype, t.device) for t in tensors]))
     return tensors, tuple(key)
+
+
+def _layout(tensors: list[Tensor]) -> tuple:
+    """The rest of the key: each tensor's shape, strides, dtype and device.
+    Two calls with the same :func:`_key` and layout run the same code
+    correctly: it is all the compiled code assumes, what Dynamo's guards
+    would check of these arguments."""
+    return tuple([(t.shape, t.stride(), t.dtype, t.device) for t in tensors])
+
+
+class _Compiled:
+    """One compiled step, the layout it was compiled for, and guards that
+    recognise that layout without reading it in Python."""
+
+    __slots__ = ("layout", "fn", "guards")
+
+    def __init__(self, layout: tuple, fn: Callable[..., Any]) -> None:
+        self.layout, self.fn = layout, fn
+        self.guards: list[Guard] = []
+
+
+# A few guards per layout (rmsprop.guards): a caller may alternate between
+# tensors that a guard tells apart and the code does not (warm_up's plain
+# tensors, then the Parameters).
+_GUARDS_PER_LAYOUT = 4
+
+
+def _lookup(tensors: list[Tensor], key: tuple) -> _Compiled | None:
+    """The compiled step for a call, without compiling: by a guard, else by its
+    layout read in Python (then a guard is added for it)."""
+    entries = _COMPILED.get(key)
+    if entries is None:
+        return None
+    for entry in entries:
+        for guard in entry.guards:
+            if guard.check(*tensors):
+                return entry
+    layout = _layout(tensors)
+    for entry in entries:
+        if entry.layout == layout:
+            if len(entry.guards) < _GUARDS_PER_LAYOUT:
+                added = layout_guard(tensors)
+                if added is not None:
+                    entry.guards.append(added)
+            return entry
+    return None
 
 
 def _compile(args: tuple, tensors: list[Tensor], options: _Options) -> Callable[..., Any]:
     """:func:`_step_group` over ``args``, traced (on fake tensors: nothing is
     read or written) into a graph whose inputs are ``tensors``, and compiled
     by Inductor. The result takes the tensors of a call with the same
-    :func:`_key` and updates them in place."""
+    :func:`_key` and :func:`_layout` and updates them in place."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
@@ -255,18 +302,23 @@ def _compile(args: tuple, tensors: list[Tensor], options: _Options) -> Callable[
 
 
 def _run(args: tuple, quantized: bool) -> None:
-    """One compiled call: the code for this call's key, compiled the first time
-    (the options follow from the key: the parameters' shapes are in it)."""
+    """One compiled call: the code for this call's key and layout, compiled the
+    first time (the options follow from them: the parameters' shapes are in
+    the layout)."""
     tensors, key = _key(args)
-    fn = _COMPILED.get(key)
-    if fn is None:
+    entry = _lookup(tensors, key)
+    if entry is None:
         numel = sum(x.numel() for x in args[0])
-        fn = _COMPILED[key] = _compile(args, tensors, _options(quantized, numel))
+        entry = _Compiled(_layout(tensors), _compile(args, tensors, _options(quantized, numel)))
+        guard = layout_guard(tensors)
+        if guard is not None:
+            entry.guards.append(guard)
+        _COMPILED.setdefault(key, []).append(entry)
     if torch.is_grad_enabled():  # the step is under no_grad; a direct caller may not be
         with torch.no_grad():
-            fn(*tensors)
+            entry.fn(*tensors)
     else:
-        fn(*tensors)
+        entry.fn(*tensors)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -319,10 +371,13 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         return
     centered, use_momentum = hyper.centered, hyper.momentum != 0
     for device, dtype, group in by_device_and_dtype(t, centered, bool(use_momentum)):
-        p, g = _real(group.params), _real(group.grads)
-        v, m, b = _real(group.square_avgs), _real(group.grad_avgs), _real(group.momentum_buffers)
-        e = cast("list[Tensor]", _real(group.emas))
-        c = _real(list(group.comps))
+        if dtype.is_complex or not all(map(Tensor.dim, group.params)):
+            p, g = _real(group.params), _real(group.grads)
+            v, m, b = _real(group.square_avgs), _real(group.grad_avgs), _real(group.momentum_buffers)
+            e, c = cast("list[Tensor]", _real(group.emas)), _real(list(group.comps))
+        else:  # nearly every group: each tensor has its parameter's shape (the plan checked), as it is
+            p, g, v, m, b, e, c = map(_listed, (group.params, group.grads, group.square_avgs, group.grad_avgs,
+                                                group.momentum_buffers, group.emas, group.comps))
         steps = group.steps
         quantized = is_quantized(v[0])
         # the random bits' salt is read only when rounding: elsewhere, one structure for any parameters
@@ -355,6 +410,11 @@ def _ema_weights(hyper: Hyper, steps: Sequence[Tensor], device: torch.device) ->
                                   else torch.tensor(w, dtype=torch.float64, device=device))
         out.append(weight)
     return out
+
+
+def _listed(xs: Sequence[Any]) -> list[Any]:
+    """A list (:func:`_key` reads the tensors of lists)."""
+    return xs if type(xs) is list else list(xs)
 
 
 @overload
