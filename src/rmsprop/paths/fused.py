@@ -29,8 +29,9 @@ call finds its code by a C++ guard of its tensors' layout
 (:mod:`rmsprop.guards`), or, where none accepts it, by the layout read in
 Python. ``torch.compile`` would check the same facts with Dynamo's guards,
 but calling through Dynamo cost 60-100 µs a call on the RL network's 6
-tensors, where the compiled code itself takes 20 µs (docs/performance.md). Inductor's on-disk caches let a second process
-skip the compile and the C++/Triton build. Inside a user's own
+tensors, where the compiled code itself takes 20 µs (docs/performance.md).
+Inductor's on-disk caches let a second process skip the compile and the
+C++/Triton build. Inside a user's own
 ``torch.compile`` the step is traced into the user's graph instead.
 """
 
