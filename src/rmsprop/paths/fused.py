@@ -213,15 +213,29 @@ def _key(args: tuple) -> tuple[list[Tensor], tuple]:
             else:
                 tensors += arg
         elif type(arg) is Hyper:  # numbers as tensors, switches and Python zeros as they are
-            for x in arg:
-                if isinstance(x, Tensor):
-                    tensors.append(x)
-                    key.append(_TENSOR)
-                else:
-                    key.append(x)
+            split = _HYPER_SPLITS.get(id(arg))
+            if split is None or split[0] is not arg:
+                split = _split(arg)
+            tensors += split[1]
+            key.append(split[2])
         else:  # a flag, a dtype, a seed, None, the idents (a tuple of ints)
             key.append(arg)
     return tensors, tuple(key)
+
+
+def _split(hyper: Hyper) -> tuple[Hyper, list[Tensor], tuple]:
+    """A runtime Hyper's tensors, and its fields with each tensor's place
+    marked: kept while the same Hyper comes back (:func:`_runtime_hyper`
+    hands over the same one while a group's settings hold)."""
+    split = (hyper, [x for x in hyper if isinstance(x, Tensor)],
+             tuple(_TENSOR if isinstance(x, Tensor) else x for x in hyper))
+    if len(_HYPER_SPLITS) >= 64:
+        _HYPER_SPLITS.clear()
+    _HYPER_SPLITS[id(hyper)] = split  # holding `hyper` keeps its id unique
+    return split
+
+
+_HYPER_SPLITS: dict[int, tuple[Hyper, list[Tensor], tuple]] = {}
 
 
 def _layout(tensors: list[Tensor]) -> tuple:
