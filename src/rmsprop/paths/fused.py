@@ -132,7 +132,8 @@ def _step_group(params: list[Tensor], grads: list[Tensor], square_avgs: Sequence
             scale = None
         new = rmsprop_update(p, g, v, m, b, step, hyper._replace(agc_clip=0.0),
                              emas[i] if emas else None, scale, ema_ws[i] if emas else None)
-        write(steps[i], step, steps[i])
+        if finite is not None:  # else the caller counts the step, outside the pass (fused_step)
+            write(steps[i], step, steps[i])
         if new.ema is not None:
             write(emas[i], new.ema, emas[i])
         if comp is not None:
@@ -406,8 +407,17 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         if torch.compiler.is_compiling():
             # Inside a user's own torch.compile: trace through, do not nest.
             _step_group(*args)
-            continue
-        _run(args, quantized)
+        else:
+            _run(args, quantized)
+        if finite is None:
+            # t ← t + 1 for every tensor, here rather than in the pass: each
+            # count is a 0-d tensor of its own, and Inductor writes each in an
+            # `omp single` block that ends in a barrier of all threads. 16 of
+            # them made 1M parameters in 16 tensors step in 860-1150 µs
+            # against 700-735 µs with the counts outside (2 threads, passive
+            # waits). Where a `finite` flag decides on the device, the counts
+            # stay in the pass, under the flag.
+            torch._foreach_add_(steps, 1)
 
 
 def _ema_weights(hyper: Hyper, steps: Sequence[Tensor], device: torch.device) -> list[Tensor]:
