@@ -12,7 +12,8 @@ What is compiled in, and what is a runtime value:
   lr_in_momentum, nesterov, decoupled_weight_decay, bias_correction), whether
   weight decay and momentum are on at all, whether bfloat16 parameters are
   written with stochastic rounding or keep a Kahan compensation (storage
-  rows), and every tensor's shape, strides, dtype and device;
+  rows), whether the step counts are written in the pass (see
+  :func:`fused_step`), and every tensor's shape, strides, dtype and device;
 - runtime, as 0-d float64 tensors, so that derived values such as 1 − α are
   exact before they meet the tensors, as with Python numbers on the other
   paths: lr, alpha and eps (zero or not) and the nonzero weight_decay and
