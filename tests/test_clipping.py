@@ -237,9 +237,27 @@ def test_raise_with_max_grad_norm_changes_nothing(path):
         if not any(g.isnan().any() for g in grads):
             opt.step()
             continue
+        norm = opt.grad_norm
         with pytest.raises(FloatingPointError, match="parameter 0 of param group 1 at step 3"):
             opt.step()
         _assert_unchanged(_snapshot(params, opt), before)
+        assert opt.grad_norm is norm  # the raising step kept nothing, its norm included
+
+
+@pytest.mark.parametrize("policy", ["propagate", "skip", "raise"])
+def test_grad_norm_of_a_step_without_gradients_is_clip_grad_norm_s_zero(policy):
+    """``grad_norm`` is the last step's norm: after a step in which no
+    parameter has a gradient it is 0, as ``clip_grad_norm_`` returns for no
+    gradients, not the norm of the step before."""
+    params = _params(_start())
+    opt = rmsprop.RMSprop(params, max_grad_norm=C, nonfinite=policy)
+    _feed(params, _stream()[0])
+    opt.step()
+    assert opt.grad_norm > 0
+    opt.zero_grad()
+    opt.step()
+    expected = torch.nn.utils.clip_grad_norm_(params, C)
+    assert torch.equal(opt.grad_norm, expected) and opt.grad_norm.dtype == expected.dtype
 
 
 def test_propagate_with_max_grad_norm_is_torchs_nan_everywhere():

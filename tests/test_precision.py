@@ -31,19 +31,24 @@ def test_buffers_are_stored_as_asked(param_dtype, precision, expected):
                 assert value.dtype == expected, (key, value.dtype)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("path", EVERY_PATH)
-def test_fp32_state_for_bf16_params_is_the_fp32_update_rounded_once(path):
-    """Each step widens θ to float32, updates with float32 state, and rounds θ
-    once: bit for bit the same path's float32 optimizer whose parameter is
-    rounded to bfloat16 after every step, θ and every buffer. (Across paths,
-    float32 reference and foreach are bit-equal, tests/test_hostile.py, and
-    the fused path is held to 2e-6 of them, tests/test_fused.py.)"""
+def test_wide_state_for_bf16_params_is_the_float32_update_rounded_once(path, precision):
+    """Each step widens θ to float32, updates with the state, and rounds θ
+    once: bit for bit the same path's float32 optimizer with the same state
+    precision whose parameter is rounded to bfloat16 after every step, θ and
+    every buffer. That holds for ``"bf16"`` state too, though its buffers are
+    stored in the parameters' own dtype as under ``"param"`` (which keeps
+    PyTorch's bfloat16 maths): the eager paths once took the matching dtypes
+    for ``"param"`` and stepped in bfloat16. (Across paths, float32 reference
+    and foreach are bit-equal, tests/test_hostile.py, and the fused path is
+    held to 2e-6 of them, tests/test_fused.py.)"""
     base = make_params(torch.float32)
     stream = grad_stream(base, 6)
     narrow = [torch.nn.Parameter(p.detach().bfloat16(), requires_grad=p.requires_grad) for p in base]
-    opt = rmsprop.RMSprop(narrow, state_precision="fp32", **KNOBS, **PATHS[path])
+    opt = rmsprop.RMSprop(narrow, state_precision=precision, **KNOBS, **PATHS[path])
     shadow = [torch.nn.Parameter(p.detach().float(), requires_grad=p.requires_grad) for p in narrow]
-    ref = rmsprop.RMSprop(shadow, **KNOBS, **PATHS[path])
+    ref = rmsprop.RMSprop(shadow, state_precision=precision, **KNOBS, **PATHS[path])
     for grads in stream:
         for p, s, g in zip(narrow, shadow, grads):
             p.grad = None if g is None else g.bfloat16()
@@ -53,11 +58,13 @@ def test_fp32_state_for_bf16_params_is_the_fp32_update_rounded_once(path):
         with torch.no_grad():
             for s in shadow:
                 s.copy_(s.bfloat16().float())  # the one rounding of θ
+    stored = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     for p, s in zip(narrow, shadow):
         assert p.dtype == torch.bfloat16 and torch.equal(p.float(), s.detach())
         assert opt.state.get(p, {}).keys() == ref.state.get(s, {}).keys()
         for key, value in ref.state.get(s, {}).items():
-            assert opt.state[p][key].dtype == torch.float32 and torch.equal(opt.state[p][key], value), key
+            assert key == "step" or opt.state[p][key].dtype == stored, key
+            assert opt.state[p][key].dtype == value.dtype and torch.equal(opt.state[p][key], value), key
 
 
 @pytest.mark.parametrize("path", ["foreach", pytest.param("fused", marks=needs_fused)])
@@ -127,12 +134,12 @@ def test_bad_precision_is_refused():
 # ------------------------------------------------------------ stochastic rounding
 
 
-def _stalled_run(path, stochastic, steps=400, seed=0):
+def _stalled_run(path, stochastic, steps=400, seed=0, precision="fp32"):
     """bf16 parameters at 1.0 and a constant gradient: RMSProp moves each by
     about lr = 1e-4 a step, far below half a bf16 ulp at 1.0 (2**-9), so
     rounding to nearest never moves them."""
     p = torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16))
-    opt = rmsprop.RMSprop([p], lr=1e-4, state_precision="fp32", stochastic_rounding=stochastic,
+    opt = rmsprop.RMSprop([p], lr=1e-4, state_precision=precision, stochastic_rounding=stochastic,
                           rounding_seed=seed, **PATHS[path])
     for _ in range(steps):
         p.grad = torch.ones_like(p)
@@ -140,13 +147,19 @@ def _stalled_run(path, stochastic, steps=400, seed=0):
     return p.detach().float(), opt
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("path", EVERY_PATH)
-def test_stochastic_rounding_keeps_learning_where_round_to_nearest_stalls(path):
-    nearest, _ = _stalled_run(path, stochastic=False)
+def test_stochastic_rounding_keeps_learning_where_round_to_nearest_stalls(path, precision):
+    """With float32 state, and with bfloat16 state (stored in the parameters'
+    own dtype, yet updated in float32 and so rounded stochastically: the
+    eager paths once stepped it in bfloat16 and never rounded)."""
+    nearest, _ = _stalled_run(path, stochastic=False, precision=precision)
     assert torch.equal(nearest, torch.ones(4096))  # stalled: not one parameter moved
-    rounded, opt = _stalled_run(path, stochastic=True)
-    exact = 1.0 - (1e-4 / (1e-8 + (1 - 0.99) ** 0.5)) * sum(  # the float32 trajectory of one element
-        (1 - 0.99 ** (t + 1)) ** -0.5 * (0.01 ** 0.5) for t in range(400))
+    rounded, opt = _stalled_run(path, stochastic=True, precision=precision)
+    exact, v = 1.0, torch.zeros((), dtype=torch.float32)  # the trajectory of one element, θ unrounded
+    for _ in range(400):
+        v = (0.99 * v + 0.01).to(opt.state[opt.param_groups[0]["params"][0]]["square_avg"].dtype).float()
+        exact -= 1e-4 / (v.sqrt().item() + 1e-8)
     # unbiased: the mean lands on the exact trajectory (std of the mean ≈ 4e-5 here)
     assert rounded.mean().item() == pytest.approx(exact, abs=5e-4)
     assert rounded.std().item() > 0  # each element took its own random path

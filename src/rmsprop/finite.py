@@ -65,28 +65,31 @@ def verdict(opt: RMSprop, plans: list[GroupPlan]) -> tuple[bool | Tensor, Tensor
     or, where the gradients live on an accelerator and the policy is "skip",
     a 0-d bool tensor that the paths obey without a host sync (its count is
     added to ``opt._pending_skips``). Raises FloatingPointError for "raise".
-    The global norm is kept, on the device, as ``opt.grad_norm``.
+    The global norm is kept, on the device, as ``opt.grad_norm``: the norm of
+    this step's gradients (0 for a step without any, as ``clip_grad_norm_``
+    returns), unless the step raised.
     """
     clip = opt.max_grad_norm
     if opt.nonfinite == "propagate" and clip is None:
         return True, None
     grads = [grad for plan in plans for grad in plan.grads]
     if not grads:
+        if clip is not None:
+            opt._grad_norm = torch.zeros(())
         return True, None
-    scale = None
     if clip is None:
-        flags = finite_flags(grads)
-    else:
-        norms = grad_norms(grads)
-        total = torch.linalg.vector_norm(_as_torch_stacks_them(norms, grads))
-        opt._grad_norm = total
-        scale = (clip / (total + CLIP_EPS)).clamp(max=1.0)  # (0), as clip_grad_norm_ computes it
-        if opt.nonfinite == "propagate":
-            return True, scale
+        return _decide(opt, plans, finite_flags(grads)), None
+    norms = grad_norms(grads)
+    total = torch.linalg.vector_norm(_as_torch_stacks_them(norms, grads))
+    scale = (clip / (total + CLIP_EPS)).clamp(max=1.0)  # (0), as clip_grad_norm_ computes it
+    decision: bool | Tensor = True
+    if opt.nonfinite != "propagate":
         flags = norms.isfinite()
         if not any(hasattr(t, "device_mesh") for t in grads):  # (sharded: every rank must agree)
             flags = _recheck(flags, grads)
-    return _decide(opt, plans, flags), scale
+        decision = _decide(opt, plans, flags)  # may raise: then nothing, the norm included, is kept
+    opt._grad_norm = total
+    return decision, scale
 
 
 def _decide(opt: RMSprop, plans: list[GroupPlan], flags: Tensor) -> bool | Tensor:

@@ -89,7 +89,7 @@ def rmsprop(
 
 def apply(t: StepTensors, hyper: Hyper, *, path: str, differentiable: bool = False,
           finite: Tensor | None = None, rounding_seed: int | None = None,
-          grad_scale: Tensor | None = None) -> None:
+          grad_scale: Tensor | None = None, state_precision: str = "param") -> None:
     """Run path ``path`` (as :func:`rmsprop.paths.choose_path` picked it) on these tensors.
 
     Everything that can fail was decided before: a path raises no user error.
@@ -97,14 +97,17 @@ def apply(t: StepTensors, hyper: Hyper, *, path: str, differentiable: bool = Fal
     (the fused path obeys it on the device, the others read it on the host).
     ``rounding_seed``: write bfloat16 parameters updated at a wider precision
     back with stochastic rounding drawn from this seed (rmsprop.precision).
-    ``grad_scale``: line (0)'s factor, a 0-d tensor (``max_grad_norm``)."""
+    ``grad_scale``: line (0)'s factor, a 0-d tensor (``max_grad_norm``).
+    ``state_precision``: the group's, which with the state's storage decides
+    the dtype the update runs in (:func:`rmsprop.precision.working_dtype`)."""
     if t.params and type(t.params[0]) not in _PLAIN and not differentiable:
         # DTensor parameters (FSDP2): the update is elementwise, so every path
         # runs on each rank's local shards, in place, without gathering.
         t = t._replace(**{name: local_tensors(getattr(t, name), differentiable)
                           for name in ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers",
                                        "emas", "comps")})
-    PATHS[path](t, hyper, finite=finite, rounding_seed=rounding_seed, grad_scale=grad_scale)
+    PATHS[path](t, hyper, finite=finite, rounding_seed=rounding_seed, grad_scale=grad_scale,
+                state_precision=state_precision)
 
 
 _PLAIN = (Tensor, Parameter)

@@ -332,7 +332,8 @@ def run_group(opt: RMSprop, plan: GroupPlan, finite: Tensor | None = None,
         tensors = _step_tensors(group, plan.params, plan.grads, plan.idents, states)
     seed = group["rounding_seed"] if group["stochastic_rounding"] else None
     functional.apply(tensors, plan.hyper, path=plan.path, differentiable=group["differentiable"],
-                     finite=finite, rounding_seed=seed, grad_scale=grad_scale)
+                     finite=finite, rounding_seed=seed, grad_scale=grad_scale,
+                     state_precision=group["state_precision"])
 
 
 def _step_tensors(group: dict[str, Any], params: list[Tensor], grads: list[Tensor], idents: list[int],

@@ -227,11 +227,16 @@ def pop_buffer(state: dict[str, Any], key: str) -> torch.Tensor | quant.Blockwis
     return buf
 
 
-def working_dtype(param_dtype: torch.dtype, stored: torch.dtype, kahan: bool = False) -> torch.dtype:
-    """The dtype the update runs in: the parameter's own when the state shares
-    it (PyTorch's behaviour), else the widest of the two and float32. With a
-    Kahan compensation (``kahan``), float32 at least, which holds θ + c exactly."""
-    if stored == param_dtype and not kahan:
+def working_dtype(param_dtype: torch.dtype, stored: torch.dtype, precision: str = "param",
+                  kahan: bool = False) -> torch.dtype:
+    """The dtype the update runs in: under ``precision="param"`` the parameter's
+    own, where its state is stored too (PyTorch's behaviour); under any other
+    state precision, the widest of the parameter's dtype, the state's and
+    float32, even where the state is stored in the parameter's dtype
+    (``"bf16"`` state of bfloat16 parameters: float32 maths, as for every
+    parameter dtype). With a Kahan compensation (``kahan``), float32 at least,
+    which holds θ + c exactly."""
+    if precision == "param" and stored == param_dtype and not kahan:
         return param_dtype
     return torch.promote_types(torch.promote_types(param_dtype, stored), torch.float32)
 

@@ -35,7 +35,8 @@ TensorList = list[Tensor] | tuple[Tensor, ...]  # what the torch._foreach_* ops 
 
 
 def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
-                 rounding_seed: int | None = None, grad_scale: Tensor | None = None) -> None:
+                 rounding_seed: int | None = None, grad_scale: Tensor | None = None,
+                 state_precision: str = "param") -> None:
     """Apply one step to all tensors, one multi-tensor op per formula line.
     Nothing happens where ``finite`` is a False tensor (read on the host)."""
     if not t.params or (finite is not None and not bool(finite)):
@@ -52,7 +53,7 @@ def foreach_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
             p, g, v = _real(p), _real(g), _real(_plain(v))
             m, b = _real(_plain(m)), _real(_plain(b))
         stored = stored_dtype(v[0])
-        work = working_dtype(p[0].dtype, stored, bool(c))  # the state's storage (rmsprop.precision)
+        work = working_dtype(p[0].dtype, stored, state_precision, bool(c))  # (rmsprop.precision)
         for chunk in _chunks(p):
             ps, gs, vs = p[chunk], g[chunk], v[chunk]
             ms = m[chunk] if centered else None

@@ -381,7 +381,8 @@ _RUNTIME_HYPERS: dict[tuple[int, torch.device], tuple[Hyper, Hyper]] = {}
 
 
 def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
-               rounding_seed: int | None = None, grad_scale: Tensor | None = None) -> None:
+               rounding_seed: int | None = None, grad_scale: Tensor | None = None,
+               state_precision: str = "param") -> None:
     """Apply one step to all tensors: one compiled call per device and dtype.
     Where ``finite`` (a 0-d bool tensor) is False nothing changes, decided
     inside the compiled pass."""
@@ -401,7 +402,7 @@ def fused_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
         # the random bits' salt is read only when rounding: elsewhere, one structure for any parameters
         idents = tuple(group.idents) if quantized or rounding_seed is not None else (0,) * len(p)
         # the state stored narrower (rmsprop.precision) widens to the working dtype
-        compute = working_dtype(_compute_dtype(dtype), stored_dtype(v[0]), bool(c))
+        compute = working_dtype(_compute_dtype(dtype), stored_dtype(v[0]), state_precision, bool(c))
         run_hyper = _runtime_hyper(hyper, device)
         scale = None if grad_scale is None else grad_scale.to(device)
         # t ← t + 1 for every tensor, in the pass or after it. Each count is a

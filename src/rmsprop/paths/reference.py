@@ -19,7 +19,8 @@ __all__ = ["reference_step"]
 
 
 def reference_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None,
-                   rounding_seed: int | None = None, grad_scale: Tensor | None = None) -> None:
+                   rounding_seed: int | None = None, grad_scale: Tensor | None = None,
+                   state_precision: str = "param") -> None:
     """Apply one step to each tensor. Nothing happens where ``finite`` is a
     False tensor (read on the host)."""
     if finite is not None and not bool(finite):
@@ -32,7 +33,7 @@ def reference_step(t: StepTensors, hyper: Hyper, *, finite: Tensor | None = None
         comp = t.comps[i] if t.comps else None  # Kahan: x = θ + c
         step += 1
         # the state's storage (rmsprop.precision)
-        work = working_dtype(param.dtype, stored_dtype(square_avg), comp is not None)
+        work = working_dtype(param.dtype, stored_dtype(square_avg), state_precision, comp is not None)
         theta = kahan_read(param, comp, work)
         if theta is param and param.requires_grad and torch.is_grad_enabled():
             # differentiable: (0') saves θ for its backward, and θ is written in place below
