@@ -7,6 +7,8 @@ the same policy. docs/integrations/sb3.md quotes these tests.
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
@@ -143,3 +145,63 @@ def test_rmsproptflike_checkpoint_continues_as_rmsproptflike_in_preset_sb3(tmp_p
     assert_same_policy(theirs, ours)
     group = ours.policy.optimizer.param_groups[0]
     assert (group["eps_in_sqrt"], group["initial_square_avg"]) == (True, 1.0)
+
+
+class _NaNRewardOnce:
+    """A gymnasium wrapper's step: the reward of the ``at``-th step is NaN, so the
+    A2C update whose rollout holds it has NaN gradients."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    def __call__(self, env):
+        import gymnasium
+
+        outer = self
+
+        class NaNReward(gymnasium.Wrapper):
+            def step(self, action):
+                obs, reward, terminated, truncated, info = self.env.step(action)
+                outer.seen += 1
+                return obs, float("nan") if outer.seen == outer.at else reward, terminated, truncated, info
+
+        return NaNReward(env)
+
+
+def test_skipped_steps_callback_logs_what_the_optimizer_skipped(tmp_path):
+    """One NaN reward (step 52 of 100, in the 11th 5-step rollout) makes one A2C
+    update non-finite: ``nonfinite="skip"`` skips it, and the callback records
+    the count in SB3's logger, written out with the other ``train/`` values."""
+    from stable_baselines3.common.logger import configure
+
+    from rmsprop.integrations.sb3 import SkippedSteps
+
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0, wrapper_class=_NaNRewardOnce(52))
+    model = A2C("MlpPolicy", env, seed=0, device="cpu", policy_kwargs=policy_kwargs(nonfinite="skip"))
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(100, callback=SkippedSteps(), log_interval=1)
+    assert model.policy.optimizer.skipped_steps == 1
+    assert all(p.isfinite().all() for p in model.policy.parameters())
+    with open(tmp_path / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = [float(row["train/skipped_steps"]) for row in rows if row.get("train/skipped_steps")]
+    assert len(logged) >= 10 and logged[0] == 0 and logged[-1] == 1
+    assert sorted(logged) == logged  # counted once, from the update that skipped on
+
+
+def test_skipped_steps_callback_finds_every_optimizer_of_an_algorithm():
+    """SAC steps three optimizers (actor, critic, entropy coefficient): each of ours is counted."""
+    from stable_baselines3 import SAC
+
+    from rmsprop.integrations.sb3 import _optimizers
+
+    model = SAC("MlpPolicy", "Pendulum-v1", device="cpu", seed=0,
+                policy_kwargs={**policy_kwargs(nonfinite="skip")})
+    found = _optimizers(model)
+    assert [type(o) for o in found[:2]] == [rmsprop.RMSprop, rmsprop.RMSprop]
+    assert found[0] is model.actor.optimizer and found[1] is model.critic.optimizer
+    assert found[2] is model.ent_coef_optimizer
+    model.critic.optimizer.param_groups[0]["skipped_steps"] = 2
+    from rmsprop.integrations import skipped_steps
+
+    assert skipped_steps(found) == {"skipped_steps/0": 0, "skipped_steps/1": 2, "skipped_steps": 2}

@@ -16,37 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..optimizer import RMSprop
+from . import built_on_first_use, skipped_steps
 
 __all__ = ["SkippedSteps", "skipped_steps"]  # noqa: F822 (SkippedSteps: built on first use, __getattr__)
-
-
-def skipped_steps(optimizers: Any) -> dict[str, int]:
-    """The skipped-step count of each :class:`rmsprop.RMSprop` among ``optimizers``.
-
-    Args:
-        optimizers: an optimizer or a list of them (Lightning's
-            ``trainer.optimizers``); wrappers with an ``optimizer`` attribute
-            (Lightning's ``LightningOptimizer``) are unwrapped, and optimizers of
-            other classes are left out.
-
-    Returns:
-        ``{"skipped_steps": n}`` for one of ours; for several,
-        ``{"skipped_steps/0": n0, "skipped_steps/1": n1, ..., "skipped_steps": n0 + n1 + ...}``
-        keyed by position in ``optimizers``.
-    """
-    items = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
-    counts = {}
-    for i, opt in enumerate(items):
-        opt = getattr(opt, "optimizer", opt)
-        if isinstance(opt, RMSprop):
-            counts[i] = opt.skipped_steps  # one host read on an accelerator
-    if len(counts) == 1:
-        return {"skipped_steps": next(iter(counts.values()))}
-    out = {f"skipped_steps/{i}": n for i, n in counts.items()}
-    if out:
-        out["skipped_steps"] = sum(counts.values())
-    return out
 
 
 def _lightning() -> Any:
@@ -104,9 +76,4 @@ def _build() -> type:
     return SkippedSteps
 
 
-def __getattr__(name: str) -> Any:
-    if name == "SkippedSteps":
-        cls = _build()
-        globals()["SkippedSteps"] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = built_on_first_use(globals(), "SkippedSteps", _build)

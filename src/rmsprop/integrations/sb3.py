@@ -11,6 +11,10 @@ optimizer class. Once ``optimizer_class`` is given, ``rms_prop_eps`` reaches
 nobody and the class's own ε applies (1e-8 for PyTorch's RMSprop and for
 SB3's ``RMSpropTFLike``). The helper passes A2C's ε (1e-5) unless told
 otherwise, so ``policy_kwargs()`` inside A2C is A2C's default optimizer.
+
+SB3 does not log a step that ``nonfinite="skip"`` skipped: :data:`SkippedSteps`
+is a callback that records the count in the algorithm's logger. It is built
+on first use against the installed SB3; ``policy_kwargs`` needs none.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Any
 import torch
 
 from ..optimizer import RMSprop
+from . import built_on_first_use, skipped_steps
 
-__all__ = ["A2C_EPS", "policy_kwargs"]
+__all__ = ["A2C_EPS", "SkippedSteps", "policy_kwargs"]  # noqa: F822 (SkippedSteps: built on first use)
 
 #: A2C's default ``rms_prop_eps``, the ε of its default optimizer.
 A2C_EPS = 1e-5
@@ -65,3 +70,60 @@ def policy_kwargs(preset: str = "torch", *, eps: float | None = A2C_EPS, **knobs
     optimizer_kwargs.update(knobs)
     RMSprop([torch.zeros(1, requires_grad=True)], lr=1e-3, **optimizer_kwargs)  # checks every setting
     return {"optimizer_class": RMSprop, "optimizer_kwargs": optimizer_kwargs}
+
+
+def _optimizers(model: Any) -> list[torch.optim.Optimizer]:
+    """Every optimizer an SB3 algorithm steps, in a fixed order: the policy's and
+    its parts' (``actor.optimizer``, ``critic.optimizer``: SAC, TD3), then the
+    entropy coefficient's (SAC's ``ent_coef_optimizer``)."""
+    found: list[torch.optim.Optimizer] = []
+    for module in model.policy.modules():
+        opt = getattr(module, "optimizer", None)
+        if isinstance(opt, torch.optim.Optimizer) and all(opt is not seen for seen in found):
+            found.append(opt)
+    extra = getattr(model, "ent_coef_optimizer", None)
+    if isinstance(extra, torch.optim.Optimizer):
+        found.append(extra)
+    return found
+
+
+def _build() -> type:
+    try:
+        from stable_baselines3.common.callbacks import BaseCallback
+    except ImportError as err:
+        raise ImportError("rmsprop.integrations.sb3.SkippedSteps needs Stable-Baselines3: "
+                          "pip install stable-baselines3") from err
+
+    class SkippedSteps(BaseCallback):
+        """Record how many updates ``nonfinite="skip"`` skipped in the algorithm's logger.
+
+        Before each rollout (so after each training phase) and at the end of
+        training, the callback records ``train/skipped_steps``, the total over
+        the algorithm's :class:`rmsprop.RMSprop` optimizers, and with several
+        of them (SAC's actor and critic) ``train/skipped_steps/<i>`` each, in
+        :func:`_optimizers`' order. SB3 writes them out with its other
+        ``train/`` values at every ``log_interval``. Each record reads the
+        counts: one host read per optimizer on an accelerator.
+
+        Example:
+            ``model.learn(10_000, callback=SkippedSteps())`` with
+            ``policy_kwargs=policy_kwargs(nonfinite="skip")``.
+        """
+
+        def _record(self) -> None:
+            for name, count in skipped_steps(_optimizers(self.model)).items():
+                self.logger.record(f"train/{name}", count)
+
+        def _on_rollout_start(self) -> None:
+            self._record()
+
+        def _on_training_end(self) -> None:
+            self._record()
+
+        def _on_step(self) -> bool:
+            return True
+
+    return SkippedSteps
+
+
+__getattr__ = built_on_first_use(globals(), "SkippedSteps", _build)
