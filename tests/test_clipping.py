@@ -157,15 +157,21 @@ def test_max_grad_norm_on_bfloat16_parameters_rounds_the_clipped_gradient_as_tor
     _assert_same(ours, our_opt, theirs, their_opt)
 
 
-def test_max_grad_norm_with_mixed_dtypes_is_torchs():
-    """float32 and float64 parameters interleaved: the norm over the stacked
-    per-tensor norms must sum them in the order ``clip_grad_norm_`` does."""
+@pytest.mark.parametrize("path", ["reference", "foreach"])
+def test_max_grad_norm_with_mixed_dtypes_is_torchs(path):
+    """float32 and float64 parameters interleaved, some 0-d: the norm over the
+    stacked per-tensor norms must sum them in the order ``clip_grad_norm_``
+    does, and the factor (float64 then) scales each gradient in its own dtype,
+    as ``clip_grad_norm_`` does in place: a 0-d float32 gradient times a 0-d
+    float64 factor would otherwise become float64 (found by the hostile
+    property test of tests/test_hostile.py)."""
     dtypes = [torch.float32, torch.float64] * 5
     gen = torch.Generator().manual_seed(3)
-    start = [torch.randn(5 + i, generator=gen, dtype=d) for i, d in enumerate(dtypes)]
+    shapes = [() if i % 3 == 0 else (5 + i,) for i in range(len(dtypes))]
+    start = [torch.randn(s, generator=gen, dtype=d) for s, d in zip(shapes, dtypes)]
     ours, theirs = _params(start), _params(start)
-    our_opt = rmsprop.RMSprop(ours, max_grad_norm=C, foreach=False)
-    their_opt = torch.optim.RMSprop(theirs)
+    our_opt = rmsprop.RMSprop(ours, max_grad_norm=C, centered=True, momentum=0.9, **PATH_ARGS[path])
+    their_opt = torch.optim.RMSprop(theirs, centered=True, momentum=0.9, foreach=path == "foreach")
     for t in range(STEPS):
         grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) * SCALES[t] for p in ours]
         _feed(ours, grads)

@@ -190,7 +190,9 @@ def rmsprop_update(
         The new θ, v, ḡ, b and e; ḡ, b and e are ``None`` when the knobs do not use them.
     """
     if grad_scale is not None:
-        grad = grad.mul(grad_scale)  # (0) g ← g·min(1, c/(‖g‖ + 10⁻⁶)), as clip_grad_norm_ scales it
+        # (0) g ← g·min(1, c/(‖g‖ + 10⁻⁶)), as clip_grad_norm_ scales it: in place, so the product keeps
+        # g's dtype, also where g is 0-d (two 0-d tensors would promote to the factor's wider dtype)
+        grad = grad.mul(grad_scale).to(grad.dtype)
     if not _is_zero(hyper.agc_clip):
         grad = clip_adaptive(grad, param, hyper.agc_clip)  # (0')
     new = _update(param, grad, square_avg, grad_avg, momentum_buffer, step, hyper)

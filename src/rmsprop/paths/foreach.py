@@ -220,7 +220,7 @@ def _clipped(g: TensorList, p: TensorList, hyper: Hyper, grad_scale: Tensor | No
     """(0) and (0'): the gradients scaled to the global norm, then clipped per
     unit (new tensors; the gradients themselves stay as they are)."""
     if grad_scale is not None:
-        g = torch._foreach_mul(g, grad_scale)  # (0)
+        g = _same_dtype(torch._foreach_mul(g, grad_scale), g)  # (0), at each gradient's dtype
     if hyper.agc_clip != 0:
         g = [clip_adaptive(x, w, hyper.agc_clip) for x, w in zip(g, p)]  # (0')
     return g
@@ -238,9 +238,9 @@ def _average(e: Sequence[Tensor] | None, p: TensorList, t: TensorList, hyper: Hy
 
 def _same_dtype(results: TensorList, like: TensorList) -> TensorList:
     """Each result at its input's dtype, as the engine rounds it: a 0-d input
-    divided by the factor of (6) promotes to the factor's wider dtype (two
-    0-d tensors promote as equals), where a tensor of any other shape keeps
-    its own."""
+    multiplied by the factor of (0) or divided by that of (6) promotes to the
+    factor's wider dtype (two 0-d tensors promote as equals), where a tensor
+    of any other shape keeps its own."""
     if all(r.dtype == x.dtype for r, x in zip(results, like)):
         return results
     return [r.to(x.dtype) for r, x in zip(results, like)]
