@@ -63,6 +63,18 @@ in bf16, 2 B in int8 with its block scale (8 B per 256; tensors under 4,096
 elements keep fp32 state). ``kernel / roofline`` is the kernels' time over
 that floor. The RL network fits in cache: its floor is not a memory floor.
 
+That floor is measured before and after the rounds, and this VM's bandwidth
+drifts within a run (45.9 to 39.0 GB/s in two minutes, once). So each round
+also times, for the fp32-state workloads, a fourth measurement next to the
+three above: the C loop of the step's own access pattern
+(``rmsprop.bench.roofline.stream_step``: read θ, g, v and write θ, v, or
+read five arrays and write four centered with momentum) over arrays of the
+workload's own tensor sizes, one call per tensor, as the fused step's
+kernels loop over them. ``kernel / C loop`` is the median over the rounds of
+the kernels' time over that loop's time in the same round: the same bytes,
+the same tensor count, the same load (``instrumented_step_c_loop`` in the
+JSON: the whole instrumented step's, Python included, over the same loop).
+
 ``OMP_WAIT_POLICY=PASSIVE`` unless set (benchmarks/extras_cost.py: OpenMP's
 spin-waiting made steps several times slower on the shared VM).
 """
@@ -78,7 +90,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,7 +100,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 import rmsprop  # noqa: E402
-from rmsprop.bench.roofline import measure_roofline  # noqa: E402
+from rmsprop.bench.roofline import measure_roofline, stream_step  # noqa: E402
 from rmsprop.bench.workloads import format_count, resnet50_shapes, rl_mlp_shapes, split  # noqa: E402
 from rmsprop.paths import fused  # noqa: E402
 from rmsprop.quant import BLOCK, MIN_NUMEL  # noqa: E402
@@ -272,7 +283,19 @@ class Session:
         _check_reached(layers, bool(self.captured[-1]))
         layers.capture = None
         layers.uninstall()
-        self.samples: dict[str, list[dict[str, Any]]] = {"bare": [], "instrumented": [], "direct": []}
+        self.samples: dict[str, list[dict[str, Any]]] = {"bare": [], "instrumented": [], "direct": [],
+                                                         "floor": []}
+        self.floor_loop: Callable[[], None] | None = None
+        if work.precision == "fp32":  # the C loop has fp32 state's pattern only
+            arrays = 5 if work.knobs.get("centered") else 3
+            self.floor_arrays = [[torch.rand(math.prod(s), generator=gen) for _ in range(arrays)]
+                                 for s in work.shapes]
+            try:
+                self.floor_loop = stream_step(self.floor_arrays)
+            except RuntimeError as err:  # no C compiler: the column says so
+                print(f"# {work.name}: no same-round C loop ({err})", flush=True)
+            else:
+                self.floor_loop()  # pages touched
 
     def step(self) -> None:
         self.turn ^= 1
@@ -281,7 +304,8 @@ class Session:
         self.opt.step()
 
     def measure(self, kind: str) -> None:
-        self.samples[kind].append(getattr(self, kind)())
+        if kind != "floor" or self.floor_loop is not None:
+            self.samples[kind].append(getattr(self, kind)())
 
     def bare(self) -> dict[str, float]:
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -318,6 +342,13 @@ class Session:
                 compiled(*args)
         return {"direct": (time.perf_counter() - start) / self.reps}
 
+    def floor(self) -> dict[str, float]:
+        assert self.floor_loop is not None
+        start = time.perf_counter()
+        for _ in range(self.reps):
+            self.floor_loop()
+        return {"floor": (time.perf_counter() - start) / self.reps}
+
     def summary(self) -> dict[str, Any]:
         med = statistics.median
         work, inst = self.work, self.samples["instrumented"]
@@ -327,6 +358,11 @@ class Session:
 
         kernel_names = sorted({n for s in inst for n in s["kernels"]})
         step_s = med(s["step"] for s in self.samples["bare"])
+        floors = self.samples["floor"]  # one per round, as inst: paired by round
+
+        def over_floor(fn: Callable[[dict[str, Any]], float]) -> float | None:
+            return med(fn(s) / f["floor"] for s, f in zip(inst, floors, strict=True)) if floors else None
+
         direct_s = med(s["direct"] for s in self.samples["direct"])
         return {
             "workload": work.name, "params": work.numel, "tensors": len(work.shapes),
@@ -344,6 +380,9 @@ class Session:
             "compiled_calls_per_step": len(self.captured[0]),
             "step_bytes": work.step_bytes,
             "faults_per_step": med(s["faults"] for s in self.samples["bare"]),
+            "c_loop_ms": med(f["floor"] for f in floors) * 1e3 if floors else None,
+            "kernel_c_loop": over_floor(lambda s: sum(s["kernels"].values())),
+            "instrumented_step_c_loop": over_floor(lambda s: s["step"]),
             "allocated_mb_per_step": med(s["alloc"] for s in inst) / 1e6,
         }
 
@@ -361,13 +400,15 @@ def _machine() -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| workload | step ms | python % | graph wrapper % | kernel % | "
-             "kernel / roofline | faults/step | allocated MB/step |",
-             "|---|---|---|---|---|---|---|---|"]
+             "kernel / roofline | kernel / C loop | faults/step | allocated MB/step |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['step_ms']:.3g} | {100 * r['python_share']:.1f} | "
             f"{100 * r['graph_wrapper_share']:.1f} | "
-            f"{100 * r['kernel_share']:.1f} | {r['kernel_roofline']:.2f}× | {r['faults_per_step']:.0f} | "
+            f"{100 * r['kernel_share']:.1f} | {r['kernel_roofline']:.2f}× | "
+            f"{'—' if r['kernel_c_loop'] is None else format(r['kernel_c_loop'], '.2f') + '×'} | "
+            f"{r['faults_per_step']:.0f} | "
             f"{r['allocated_mb_per_step']:.1f} |")
     kernels = [r for r in rows if len(r["kernels_ms"]) > 1]
     if kernels:
@@ -415,10 +456,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"# {work.name}: first step {sessions[-1].first_s:.1f} s (compiles, or loads from "
               f"Inductor's disk cache), {sessions[-1].reps} step(s) per measurement", flush=True)
     graphs = fused.compiled_structures()
-    kinds = ["bare", "instrumented", "direct"]
+    kinds = ["bare", "instrumented", "direct", "floor"]
     for r in range(rounds):  # every workload in every round: they all see the same load
         for session in sessions[r % len(sessions):] + sessions[:r % len(sessions)]:
-            for kind in kinds[r % 3:] + kinds[:r % 3]:
+            for kind in kinds[r % 4:] + kinds[:r % 4]:
                 session.measure(kind)
     if fused.compiled_structures() != graphs:
         print(f"# WARNING: {fused.compiled_structures() - graphs} recompile(s) while measuring", flush=True)

@@ -27,7 +27,7 @@ from rmsprop.bench.measure import (
     run_case,
 )
 from rmsprop.bench.report import Progress, goals, plot
-from rmsprop.bench.roofline import Roofline, stream_probes, torch_probes
+from rmsprop.bench.roofline import Roofline, stream_probes, stream_step, torch_probes
 from rmsprop.bench.workloads import (
     GPU_SIZES,
     Case,
@@ -94,6 +94,29 @@ def test_stream_probe_builds_and_reports_a_positive_bandwidth():
     probes = stream_probes(2**16, reps=2)
     assert [p.bytes_per_element for p in probes] == [20, 36]
     assert all(p.gbps > 0 for p in probes)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_stream_step_writes_every_array_of_each_entry_as_its_c_source_says():
+    gen = torch.Generator().manual_seed(0)
+    plain = [[torch.rand(n, generator=gen) for _ in range(3)] for n in (1000, 37)]
+    centered = [[torch.rand(n, generator=gen) for _ in range(5)] for n in (37, 1000, 5)]
+    expected = []
+    for th, g, v in ([t.clone() for t in entry] for entry in plain):
+        v = 0.99 * v + 0.01 * g * g
+        expected.append([th - 1e-3 * g * v, g, v])
+    for th, g, v, m, b in ([t.clone() for t in entry] for entry in centered):
+        v, m = 0.99 * v + 0.01 * g * g, 0.99 * m + 0.01 * g
+        b = 0.9 * b + g * (v - m * m)
+        expected.append([th - 1e-3 * b, g, v, m, b])
+    stream_step(plain)()
+    stream_step(centered)()
+    torch.testing.assert_close(plain + centered, expected)
+    stream_step([])()  # no tensors: nothing to do
+    for bad in ([plain[0][:2]], [plain[0][:2] + centered[0][2:3]], [[t.double() for t in plain[0]]],
+                [plain[0][:2] + [torch.rand(2000)[::2]]], [plain[0], centered[0]]):
+        with pytest.raises(ValueError, match="all 3 or all 5 contiguous float32 CPU tensors of one size"):
+            stream_step(bad)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

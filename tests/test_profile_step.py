@@ -63,3 +63,4 @@ def test_a_short_run_reaches_every_layer_and_they_add_up(monkeypatch):
     assert all(s > 0 for s in shares) and math.isclose(sum(shares), 1, abs_tol=0.1)
     assert row["kernel_ms"] > 0 and row["compiled_calls_per_step"] == 1
     assert row["recompiles_while_measuring"] == 0 and row["allocated_mb_per_step"] == 0
+    assert row["c_loop_ms"] > 0 and row["kernel_c_loop"] > 0  # fp32 state: paired with the C loop

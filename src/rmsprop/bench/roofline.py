@@ -17,6 +17,7 @@ its best repetition (as STREAM does); the roofline is the best probe.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -27,38 +28,49 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Probe", "Roofline", "measure_roofline", "stream_probes", "torch_probes",
-           "last_level_cache_bytes", "default_probe_numel"]
+__all__ = ["Probe", "Roofline", "measure_roofline", "stream_probes", "stream_library", "stream_step",
+           "torch_probes", "last_level_cache_bytes", "default_probe_numel"]
 
 C_SOURCE = r"""
 #include <omp.h>
 
 void probe_set_threads(int n) { omp_set_num_threads(n); }
 
-/* A plain RMSProp step's traffic: read theta, g, v; write theta, v. */
-void probe_3r2w(float *restrict th, const float *restrict g, float *restrict v, long n) {
-    #pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; ++i) {
-        float gi = g[i];
-        float vi = 0.99f * v[i] + 0.01f * gi * gi;
-        v[i] = vi;
-        th[i] -= 1e-3f * gi * vi;
+/* A plain RMSProp step's traffic over `count` tensors of n[k] elements, in one
+   parallel region (as a fused step's kernel loops over its tensors): read
+   theta, g, v; write theta, v. */
+void probe_3r2w(int count, float **th, float **g, float **v, const long *n) {
+    #pragma omp parallel
+    for (int k = 0; k < count; ++k) {
+        float *restrict tk = th[k], *restrict vk = v[k];
+        const float *restrict gk = g[k];
+        #pragma omp for schedule(static) nowait
+        for (long i = 0; i < n[k]; ++i) {
+            float gi = gk[i];
+            float vi = 0.99f * vk[i] + 0.01f * gi * gi;
+            vk[i] = vi;
+            tk[i] -= 1e-3f * gi * vi;
+        }
     }
 }
 
 /* Centered with momentum: read theta, g, v, m, b; write theta, v, m, b. */
-void probe_5r4w(float *restrict th, const float *restrict g, float *restrict v,
-                float *restrict m, float *restrict b, long n) {
-    #pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; ++i) {
-        float gi = g[i];
-        float vi = 0.99f * v[i] + 0.01f * gi * gi;
-        float mi = 0.99f * m[i] + 0.01f * gi;
-        float bi = 0.9f * b[i] + gi * (vi - mi * mi);
-        v[i] = vi;
-        m[i] = mi;
-        b[i] = bi;
-        th[i] -= 1e-3f * bi;
+void probe_5r4w(int count, float **th, float **g, float **v, float **m, float **b, const long *n) {
+    #pragma omp parallel
+    for (int k = 0; k < count; ++k) {
+        float *restrict tk = th[k], *restrict vk = v[k], *restrict mk = m[k], *restrict bk = b[k];
+        const float *restrict gk = g[k];
+        #pragma omp for schedule(static) nowait
+        for (long i = 0; i < n[k]; ++i) {
+            float gi = gk[i];
+            float vi = 0.99f * vk[i] + 0.01f * gi * gi;
+            float mi = 0.99f * mk[i] + 0.01f * gi;
+            float bi = 0.9f * bk[i] + gi * (vi - mi * mi);
+            vk[i] = vi;
+            mk[i] = mi;
+            bk[i] = bi;
+            tk[i] -= 1e-3f * bi;
+        }
     }
 }
 """
@@ -141,36 +153,64 @@ def torch_probes(numel: int, reps: int, device: torch.device) -> list[Probe]:
     return probes
 
 
-def _build_library(directory: str) -> ctypes.CDLL:
+@functools.cache
+def stream_library() -> ctypes.CDLL:
+    """The C/OpenMP kernels of :data:`C_SOURCE`, built once per process with
+    ``gcc -O3 -fopenmp -march=native`` (CPU only). Raises RuntimeError when
+    they cannot be built."""
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise RuntimeError("no C compiler (gcc) found")
-    source = os.path.join(directory, "stream_probe.c")
-    library = os.path.join(directory, "stream_probe.so")
-    with open(source, "w") as f:
-        f.write(C_SOURCE)
-    command = [compiler, "-O3", "-fopenmp", "-march=native", "-shared", "-fPIC", source, "-o", library]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command[:4])} ...` failed: {done.stderr.strip()[:200]}")
-    return ctypes.CDLL(library)
+    with tempfile.TemporaryDirectory(prefix="rmsprop-bench-") as directory:
+        source = os.path.join(directory, "stream_probe.c")
+        library = os.path.join(directory, "stream_probe.so")
+        with open(source, "w") as f:
+            f.write(C_SOURCE)
+        command = [compiler, "-O3", "-fopenmp", "-march=native", "-shared", "-fPIC", source, "-o", library]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"`{' '.join(command[:4])} ...` failed: {done.stderr.strip()[:200]}")
+        return ctypes.CDLL(library)  # stays mapped after the file is gone
+
+
+def stream_step(arrays: list[list[torch.Tensor]]) -> Callable[[], None]:
+    """A C loop that moves what a fused fp32 step moves over the same tensor
+    sizes: for each entry of ``arrays``, ``[theta, g, v]`` (a plain step's
+    pattern) or ``[theta, g, v, m, b]`` (centered with momentum), contiguous
+    float32 tensors of one size, overwritten. Returns the call that runs it
+    once over every entry, on as many threads as PyTorch uses: the floor a
+    fused step's kernels can be held to in the same round of a benchmark."""
+    lib = stream_library()
+    width = len(arrays[0]) if arrays else 3
+    for entry in arrays:
+        if len(entry) != width or width not in (3, 5) or any(
+                t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu"
+                or t.numel() != entry[0].numel() for t in entry):
+            raise ValueError("entries must be all 3 or all 5 contiguous float32 CPU tensors of one size each")
+    pointers = ctypes.c_void_p * len(arrays)
+    columns = [pointers(*(t.data_ptr() for t in column)) for column in zip(*arrays)] or [pointers()] * width
+    sizes = (ctypes.c_long * len(arrays))(*(entry[0].numel() for entry in arrays))
+    kernel = lib.probe_3r2w if width == 3 else lib.probe_5r4w
+    count = ctypes.c_int(len(arrays))
+
+    def run() -> None:
+        lib.probe_set_threads(ctypes.c_int(torch.get_num_threads()))
+        kernel(count, *columns, sizes)
+
+    run.keep = arrays  # type: ignore[attr-defined]  # the tensors live as long as the loop
+    return run
 
 
 def stream_probes(numel: int, reps: int) -> list[Probe]:
     """The C/OpenMP STREAM-style probes (CPU only): a plain step's and a centered
     momentum step's access pattern, on as many threads as PyTorch uses.
     Raises RuntimeError when they cannot be built."""
-    with tempfile.TemporaryDirectory(prefix="rmsprop-bench-") as directory:
-        lib = _build_library(directory)  # stays mapped after the file is gone
-    lib.probe_set_threads(ctypes.c_int(torch.get_num_threads()))
     gen = torch.Generator().manual_seed(0)
     arrays = [torch.rand(numel, generator=gen) for _ in range(5)]
-    ptrs = [ctypes.c_void_p(x.data_ptr()) for x in arrays]
-    n = ctypes.c_long(numel)
     probes = []
     for name, nbytes, fn in (
-        ("C/OpenMP 3r2w (plain step pattern)", 20, lambda: lib.probe_3r2w(*ptrs[:3], n)),
-        ("C/OpenMP 5r4w (centered+momentum pattern)", 36, lambda: lib.probe_5r4w(*ptrs, n)),
+        ("C/OpenMP 3r2w (plain step pattern)", 20, stream_step([arrays[:3]])),
+        ("C/OpenMP 5r4w (centered+momentum pattern)", 36, stream_step([arrays])),
     ):
         seconds = _best_seconds(fn, reps, lambda: None)
         probes.append(Probe(name, nbytes, nbytes * numel / seconds / 1e9))
