@@ -23,6 +23,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from rmsprop.engine import OP_ORDERS
+from rmsprop.precision import BUFFERS
+from rmsprop.quant import ABSMAX, CODES
 
 REAL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 DTYPES = (*REAL_DTYPES, torch.complex64)
@@ -186,7 +188,9 @@ def beyond(t: torch.Tensor | None, limit: float) -> bool:
 
 
 
-_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer", "ema", "step", "kahan_comp")
+_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer", "ema", "step", "kahan_comp",
+            # state_precision="int8": a quantized buffer's codes and block scales
+            *(f"{spec.key}{part}" for spec in BUFFERS for part in (CODES, ABSMAX)))
 
 
 class Trial:
