@@ -116,12 +116,26 @@ def test_foreach_equals_reference_bit_for_bit_and_both_stay_sane(n_examples):
     _property(_check_reference_against_foreach, n_examples)
 
 
+def _with_a_quantized_tensor(data, precision: str, dtypes: tuple[torch.dtype, ...]) -> list[Spec]:
+    """The case's specs; under "int8" one more, of over MIN_NUMEL elements, so that its buffers are
+    quantized (the other specs' tiny shapes keep float32 state)."""
+    from rmsprop.quant import MIN_NUMEL
+
+    case_specs = data.draw(specs(dtypes=dtypes), label="specs")
+    if precision == "int8":
+        big = data.draw(st.sampled_from(((MIN_NUMEL + 3,), (65, 64))), label="quantized shape")
+        case_specs.append(Spec(big, data.draw(st.sampled_from(("contiguous", "transposed")), label="layout"),
+                               data.draw(st.sampled_from(dtypes), label="dtype"),
+                               data.draw(st.sampled_from(PROFILES), label="profile")))
+    return case_specs
+
+
 def _check_kahan_reference_against_foreach(data) -> None:
     """kahan_summation (bfloat16 parameters, a wider state): both paths read
     θ + c and write θ and c with the same helpers, so they agree bit for bit."""
-    case_specs = data.draw(specs(dtypes=(torch.bfloat16,)), label="specs")
-    case_knobs = data.draw(knobs(), label="knobs")
     precision = data.draw(st.sampled_from(("fp32", "bf16", "int8")), label="state_precision")
+    case_specs = _with_a_quantized_tensor(data, precision, (torch.bfloat16,))
+    case_knobs = data.draw(knobs(), label="knobs")
     storage = {"kahan_summation": True, "state_precision": precision}
     profiles = data.draw(grad_profiles(len(case_specs), STEPS), label="gradient profiles")
     seed = data.draw(st.integers(0, 2**16), label="seed")
@@ -148,15 +162,8 @@ def _check_state_precision_reference_against_foreach(data, tally) -> None:
     without stochastic rounding: both paths decode, update and encode with
     the same helpers in the same working dtype, so they agree bit for bit,
     codes and scales included."""
-    from rmsprop.quant import MIN_NUMEL
-
     precision = data.draw(st.sampled_from(("fp32", "bf16", "int8")), label="state_precision")
-    case_specs = data.draw(specs(dtypes=REAL_DTYPES), label="specs")
-    if precision == "int8":
-        big = data.draw(st.sampled_from(((MIN_NUMEL + 3,), (65, 64))), label="quantized shape")
-        case_specs.append(Spec(big, data.draw(st.sampled_from(("contiguous", "transposed")), label="layout"),
-                               data.draw(st.sampled_from(REAL_DTYPES), label="dtype"),
-                               data.draw(st.sampled_from(PROFILES), label="profile")))
+    case_specs = _with_a_quantized_tensor(data, precision, REAL_DTYPES)
     case_knobs = data.draw(knobs(), label="knobs")
     # (stochastic rounding refuses float16 parameters with a clear error, tested in test_low_precision.py)
     rounding = all(s.dtype != torch.float16 for s in case_specs) and data.draw(st.booleans(), label="sr")
