@@ -399,7 +399,7 @@ def test_fused_refuses_without_a_compiler_or_when_turned_off(monkeypatch):
             choose_path(params, None, False, True)
     finally:
         fused._cpp_compiler.cache_clear()
-    with pytest.raises(ValueError, match="dtype torch.int64 is not supported"):
+    with pytest.raises(ValueError, match="parameter 0 has dtype torch.int64, which is not supported"):
         choose_path([torch.zeros(3, dtype=torch.int64)], None, False, True)
 
 

@@ -152,9 +152,9 @@ def test_the_groups_state_precision_and_buffers_reach_the_path_policy(monkeypatc
 
     seen = []
 
-    def spy(params, foreach, differentiable, fused=None, state_precision="param", state_buffers=1):
+    def spy(params, foreach, differentiable, fused=None, state_precision="param", state_buffers=1, *names):
         seen.append((state_precision, state_buffers))
-        return choose_path(params, foreach, differentiable, fused, state_precision, state_buffers)
+        return choose_path(params, foreach, differentiable, fused, state_precision, state_buffers, *names)
 
     monkeypatch.setattr(rmsprop.plan, "choose_path", spy)
     for knobs, buffers in (({}, 1), ({"centered": True, "momentum": 0.9}, 3)):

@@ -8,6 +8,7 @@ bit equality, which is stricter than the promise (fp32 ≤ 1e-6, fp64 ≤ 1e-12)
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 import rmsprop
 
 from cases import TORCH_EXPRESSIBLE
-from helpers import clone_params, grad_stream, make_params, run
+from helpers import clone_params, grad_stream, make_params, needs_fused, run
 
 STEPS = 100
 
@@ -85,6 +86,53 @@ def test_default_paths_agree_on_complex_weight_decay_for_every_seed(dtype):
         else:
             assert_same_optimizer(ours, theirs, ours_p, theirs_p)
     assert differ == {}, f"seeds differing (at step): {differ}"
+
+
+def _step_a_repeated_parameter(cls, size: int, **kwargs):
+    """Three steps of a group listing its first parameter twice, as PyTorch's constructor accepts
+    (with a warning that a repeat will become an error)."""
+    gen = torch.Generator().manual_seed(0)
+    p, r = (torch.nn.Parameter(torch.randn(n, generator=gen)) for n in (size, 7))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = cls([p, r, p], lr=1e-2, momentum=0.9, centered=True, **kwargs)
+    for _ in range(3):
+        p.grad, r.grad = torch.randn(size, generator=gen), torch.randn(7, generator=gen)
+        opt.step()
+    return opt, [p, r]
+
+
+# 300,000 elements: a step of over 1 MiB, where the default would otherwise compile, and more than
+# one of the foreach path's chunks
+@pytest.mark.parametrize("size", [100, 300_000])
+def test_a_parameter_listed_twice_steps_as_torchs_default_and_foreach_path_step_it(size):
+    """PyTorch's for-loop (its default on CPU) steps a repeated parameter twice in a row, its
+    foreach path line by line, so the two disagree: our default on CPU takes the path PyTorch's
+    default takes (the reference path, its for-loop) at every size, and foreach=True equals
+    PyTorch's foreach=True at every size (the chunks of the cache-blocked loop are never cut
+    between two listings of a tensor)."""
+    for ours_kwargs, theirs_kwargs in (({}, {}), ({"foreach": True}, {"foreach": True})):
+        ours, ours_p = _step_a_repeated_parameter(rmsprop.RMSprop, size, **ours_kwargs)
+        theirs, theirs_p = _step_a_repeated_parameter(torch.optim.RMSprop, size, **theirs_kwargs)
+        assert_same_optimizer(ours, theirs, ours_p, theirs_p)
+        assert int(ours.state[ours_p[0]]["step"]) == 6  # two steps a step, as PyTorch counts them
+
+
+@needs_fused
+def test_fused_refuses_a_parameter_listed_twice_before_any_write():
+    """One compiled pass writes each tensor once: stepping a repeated parameter once while counting
+    two steps (what the fused path did) would leave θ and its step count apart. Refused, naming both."""
+    p, r = torch.nn.Parameter(torch.randn(300)), torch.nn.Parameter(torch.randn(7))
+    opt = rmsprop.RMSprop([p, r], lr=1e-2, fused=True)
+    p.grad, r.grad = torch.randn(300), torch.randn(7)
+    opt.step()
+    opt.param_groups[0]["params"].append(p)  # edited by hand: the constructor's warning never ran
+    before = [p.detach().clone(), r.detach().clone()], copy.deepcopy(opt.state_dict())
+    message = (r"fused=True cannot run: parameter 2 of param group 0 is parameter 0 of param group 0 again: "
+               r".* pass foreach=True or fused=False")
+    with pytest.raises(ValueError, match=message):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before[0], (p, r)))
+    assert str(opt.state_dict()) == str(before[1])
 
 
 @pytest.mark.parametrize("lr", [torch.tensor(0.01), torch.tensor([0.01]), torch.tensor([[0.01]])],

@@ -297,7 +297,7 @@ def plan_group(opt: RMSprop, g: int, group: dict[str, Any], offset: int,
     else:
         local = functional.local_tensors(params, group["differentiable"])
         path = choose_path(local, group["foreach"], group["differentiable"], group["fused"], precision,
-                           1 + len(needs))
+                           1 + len(needs), lambda i: _who(group, g, positions[i]))
         hyper = hyper_from(group)
         if checked is not None:
             checked.params, checked.path = ids, path

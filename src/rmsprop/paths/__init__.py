@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 from torch.nn import Parameter
@@ -15,6 +15,7 @@ from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from .foreach import foreach_step
 from .fused import fused_step, fused_unavailable_reason
+from .grouping import first_repeat
 from .reference import reference_step
 
 __all__ = ["PATHS", "AUTO_FUSED_MIN_BYTES", "AUTO_FUSED_MIN_LARGEST", "auto_fused", "step_bytes",
@@ -72,6 +73,7 @@ _PLAIN = (Tensor, Parameter)
 def choose_path(
     params: Sequence[Tensor], foreach: bool | None, differentiable: bool, fused: bool | None = None,
     state_precision: str = "param", state_buffers: int = 1,
+    who: Callable[[int], str] = "parameter {}".format,
 ) -> str:
     """Pick the path for one param group's step. A pure policy function.
 
@@ -79,7 +81,10 @@ def choose_path(
     than falling back: ``foreach=True`` with ``differentiable=True``, ``fused=True``
     where compiling cannot run (no C++ compiler, an unsupported dtype,
     ``differentiable=True``, ``RMSPROP_DISABLE_COMPILE=1``), and ``foreach=True``
-    with ``fused=True`` are errors.
+    with ``fused=True`` are errors (``who(i)`` names the ``i``-th parameter
+    in them). A group that lists a tensor twice cannot take the fused path: one
+    compiled pass writes each tensor once, where the reference and foreach
+    paths step it once per listing, as PyTorch's do.
 
     With ``fused=None, foreach=None``: ``fused`` where :func:`auto_fused` says
     so for the group's size (and, at int8 state, its largest tensor),
@@ -99,12 +104,15 @@ def choose_path(
     1 ulp differently, at some step of every seed measured
     (``tests/test_torch_dropin.py``). Without weight decay the two agree; the
     rule does not look at the knobs, so it holds for every preset and for a
-    weight decay changed mid-run.
+    weight decay changed mid-run. A group that lists a tensor twice takes
+    ``reference`` on CPU for the same reason: PyTorch's for-loop steps it
+    twice in a row, its foreach path line by line, and each of our two paths
+    equals PyTorch's own (``tests/test_torch_dropin.py``, ``tests/test_misuse.py``).
     """
     if foreach and fused:
         raise ValueError("`foreach` and `fused` should not both be True.")
     if fused:
-        reason = fused_unavailable_reason(list(params), differentiable)
+        reason = fused_unavailable_reason(list(params), differentiable, who)
         if reason is not None:
             raise ValueError(f"fused=True cannot run: {reason}")
         return "fused"
@@ -122,7 +130,8 @@ def choose_path(
         ):
             return "fused"
         if all(p.is_cpu and type(p) in _PLAIN for p in params):
-            return "reference" if any(p.is_complex() for p in params) else "foreach"
+            where_torch_paths_differ = any(p.is_complex() for p in params) or first_repeat(params) is not None
+            return "reference" if where_torch_paths_differ else "foreach"
         _, use_foreach = _default_to_fused_or_foreach(list(params), differentiable, use_fused=False)
         if use_foreach:
             return "foreach"

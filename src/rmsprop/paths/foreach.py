@@ -99,15 +99,20 @@ CPU_CHUNK_NUMEL = 1 << 18
 
 def _chunks(params: list[Tensor]) -> list[slice]:
     """Slices of ``params`` to step together: the whole list off CPU, else
-    consecutive runs of at most CPU_CHUNK_NUMEL elements (a larger tensor alone)."""
+    consecutive runs of at most CPU_CHUNK_NUMEL elements (a larger tensor
+    alone), never cut between two listings of one tensor: a parameter listed
+    twice is stepped line by line as in one foreach call, as PyTorch's foreach
+    path steps it, at every size."""
     if not params or not params[0].is_cpu or sum(p.numel() for p in params) <= CPU_CHUNK_NUMEL:
         return [slice(0, len(params))]
-    chunks, start, size = [], 0, 0
+    last = {id(p): i for i, p in enumerate(params)}
+    chunks, start, size, reach = [], 0, 0, -1  # reach: the last listing of a tensor in this chunk
     for i, p in enumerate(params):
-        if size and size + p.numel() > CPU_CHUNK_NUMEL:
+        if size and size + p.numel() > CPU_CHUNK_NUMEL and i > reach:
             chunks.append(slice(start, i))
             start, size = i, 0
         size += p.numel()
+        reach = max(reach, last[id(p)])
     chunks.append(slice(start, len(params)))
     return chunks
 

@@ -54,7 +54,7 @@ from ..precision import Buffer, kahan_read, kahan_write_, load, store_, working_
 from ..quant import Blockwise, is_quantized, stored_dtype
 from ..settings import by_role
 from . import stores
-from .grouping import StepTensors, by_device_and_dtype
+from .grouping import StepTensors, by_device_and_dtype, first_repeat
 
 __all__ = ["fused_step", "fused_unavailable_reason", "compiled_structures", "DISABLE_ENV"]
 
@@ -75,17 +75,25 @@ def compiled_structures() -> int:
     return sum(map(len, _COMPILED.values()))
 
 
-def fused_unavailable_reason(params: list[Tensor], differentiable: bool) -> str | None:
-    """Why the fused path cannot run on these parameters, or None if it can."""
+def fused_unavailable_reason(params: list[Tensor], differentiable: bool,
+                             who: Callable[[int], str] = "parameter {}".format) -> str | None:
+    """Why the fused path cannot run on these parameters, or None if it can
+    (``who(i)`` names the ``i``-th parameter in the reason)."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return f"compiling is turned off by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
     if differentiable:
         return "differentiable=True needs the reference path (the compiled step records no autograd history)"
-    for p in params:
+    for i, p in enumerate(params):
         if p.dtype not in _FUSED_DTYPES:
-            return f"dtype {p.dtype} is not supported (floating point or complex only)"
+            return f"{who(i)} has dtype {p.dtype}, which is not supported (floating point or complex only)"
         if type(p) not in (Tensor, torch.nn.Parameter):
-            return f"tensor subclass {type(p).__name__} is not supported"
+            return f"{who(i)} is a tensor subclass, {type(p).__name__}, which is not supported"
+    repeat = first_repeat(params)
+    if repeat is not None:
+        # the reference and foreach paths step it once per listing, as PyTorch's for-loop and foreach do
+        return (f"{who(repeat[1])} is {who(repeat[0])} again: one compiled pass writes each tensor once, "
+                "where PyTorch steps a parameter as often as it is listed (and warns that a repeat will "
+                "become an error); remove the repeat, or pass foreach=True or fused=False")
     if any(p.device.type == "cpu" for p in params) and not _cpp_compiler():
         return "no C++ compiler found for Inductor's CPU backend (set CXX or install g++)"
     return None

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..precision import Buffer
 
-__all__ = ["StepTensors", "by_device_and_dtype"]
+__all__ = ["StepTensors", "by_device_and_dtype", "first_repeat"]
 
 _T = TypeVar("_T")
 
@@ -67,3 +67,13 @@ def by_device_and_dtype(t: StepTensors, centered: bool, use_momentum: bool
         groups.setdefault((p.device, p.dtype, v.dtype), []).append(i)
     for (device, dtype, _), indices in groups.items():
         yield device, dtype, t.select(indices, centered, use_momentum)
+
+
+def first_repeat(params: Sequence[Tensor]) -> tuple[int, int] | None:
+    """The positions (i, j), i < j, of the first tensor listed twice, or None."""
+    first: dict[int, int] = {}
+    for j, p in enumerate(params):
+        i = first.setdefault(id(p), j)
+        if i != j:
+            return i, j
+    return None
