@@ -367,6 +367,34 @@ def test_a_case_that_does_not_fit_is_skipped_before_allocating():
     assert cr.torch_default == "torch-forloop" and cr.our_default in ("fused", "foreach")
 
 
+def test_json_to_a_file_keeps_every_finished_case_when_the_run_is_stopped(monkeypatch, tmp_path, capsys):
+    """scripts/gpu_check.py stops a benchmark that runs past its limit: what it measured must survive.
+    The file is rewritten whole after each case ("complete": false until the run ends)."""
+    import rmsprop.bench
+
+    target = tmp_path / "bench.json"
+    real, calls = rmsprop.bench.run_case, []
+
+    def stopped_at_the_third_case(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a signal would stop it
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rmsprop.bench, "run_case", stopped_at_the_third_case)
+    with pytest.raises(KeyboardInterrupt):
+        main(["bench", "--suite", "quick", "--paths", "foreach", "--json", str(target)])
+    data = json.loads(target.read_text())
+    assert [c["name"] for c in data["cases"]] == ["1k in 16 tensors", "10k in 16 tensors"]
+    assert data["settings"]["complete"] is False and data["goals"] is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no partial file left beside it
+    monkeypatch.setattr(rmsprop.bench, "run_case", real)
+    assert main(["bench", "--suite", "quick", "--paths", "foreach", "--json", str(target)]) == 0
+    data = json.loads(target.read_text())
+    assert data["settings"]["complete"] is True and len(data["cases"]) == 3
+    capsys.readouterr()
+
+
 def test_time_limit_skips_the_cases_not_yet_started(capsys):
     argv = ["bench", "--suite", "quick", "--paths", "foreach", "--time-limit", "1e-9", "--json", "-"]
     assert main(argv) == 0
@@ -411,12 +439,12 @@ def test_gpu_check_runs_both_parts_and_fails_unless_both_pass(monkeypatch, tmp_p
     monkeypatch.setattr(gpu_check, "run_part", fake_part)
     assert gpu_check.main(["--out-dir", str(tmp_path), "--bench-time-limit", "100"]) == 1
     (tests_name, tests, tests_limit), (bench_name, bench, bench_limit) = commands
-    assert tests[1:3] == ["-m", "pytest"] and "tests/test_cuda.py" in tests and tests_limit == 180
+    assert tests[1:4] == ["-m", "pytest", "-v"] and "tests/test_cuda.py" in tests and tests_limit == 240
     assert f"--junitxml={tmp_path / 'pytest.xml'}" in tests
     joined = " ".join(bench)
     assert "-m rmsprop bench --device cuda --suite gpu --config plain --max-size 1e9 --time-limit 100" \
         in joined
-    assert f"--json {tmp_path / 'bench.json'}" in joined and bench_limit == 290
+    assert f"--json {tmp_path / 'bench.json'}" in joined and bench_limit == 240
     summary = (tmp_path / "summary.txt").read_text()
     assert "no JUnit XML" in summary and "GPU benchmark: ran out of time" in summary
     assert summary.rstrip().endswith("gpu-check: FAILED") and "gpu-check: FAILED" in capsys.readouterr().out
@@ -434,6 +462,12 @@ def test_gpu_check_summaries_read_pytest_and_bench_output(tmp_path, capsys):
     assert not ok and text.startswith("1 passed, 1 failed, 1 skipped")
     assert "failure: test_b: AssertionError: param: the paths part" in text
     assert "skipped: test_c: needs NCCL" in text
+    # passing tests and an intended skip pass; a test skipped for want of the fused path does not
+    for skip, passes in (("needs NCCL", True), ("needs the fused path: compiling is turned off", False)):
+        junit.write_text('<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="2" failures="0" '
+                         f'errors="0" skipped="1"><testcase name="test_a"/><testcase name="test_c"><skipped '
+                         f'message="{skip}"/></testcase></testsuite></testsuites>')
+        assert gpu_check.junit_summary(junit)[1] is passes
 
     assert main(["bench", "--suite", "quick", "--paths", "foreach,bnb-rmsprop8bit", "--json",
                  str(tmp_path / "bench.json")]) == 0
@@ -442,6 +476,10 @@ def test_gpu_check_summaries_read_pytest_and_bench_output(tmp_path, capsys):
     assert "median step, ms: case | foreach | bnb-rmsprop8bit" in text
     assert "RL MLP (plain): " in text and "| skip" in text and "goal: RL net" in text
     assert gpu_check.bench_summary(tmp_path / "missing.json").startswith("no bench JSON")
+    data = json.loads((tmp_path / "bench.json").read_text())
+    data["settings"]["complete"] = False  # as a run stopped at its limit leaves it
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    assert ", stopped after 3 case(s)" in gpu_check.bench_summary(tmp_path / "bench.json").splitlines()[0]
 
 
 def test_gpu_check_stops_a_part_at_its_time_limit(tmp_path):

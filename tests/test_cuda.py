@@ -11,6 +11,7 @@ fp32, bf16 and 8-bit state; FSDP2 on one GPU trains as the plain model does.
 from __future__ import annotations
 
 import copy
+import datetime
 
 import pytest
 import torch
@@ -329,7 +330,9 @@ def test_fsdp2_on_one_gpu_trains_as_the_plain_model(tmp_path, path):
     from torch.distributed.tensor import DTensor
 
     torch.cuda.set_device(0)
-    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    # a bounded wait: a hung NCCL start-up must fail this test, not the check's whole time limit
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/store", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         model = _mlp()
         plain = copy.deepcopy(model)

@@ -258,3 +258,18 @@ def test_load_pre_hooks_run_before_the_checks():
     opt.register_load_state_dict_pre_hook(repair)
     opt.load_state_dict(bad)
     assert torch.equal(opt.state[params[0]]["square_avg"], good_avg)
+
+
+@pytest.mark.parametrize("capturable", [False, True])
+def test_a_step_count_lives_where_pytorchs_fused_and_capturable_optimizers_keep_it(capturable):
+    """On the CPU for a CPU parameter (PyTorch's layout), on the parameter's device for one on an
+    accelerator (here the meta device stands for one: CI has none), so that a step there never
+    copies it to or from the host (tests/test_cuda.py checks that with CUDA's sync debug mode)."""
+    from rmsprop.plan import new_step, step_device
+
+    group = {"capturable": capturable}
+    assert step_device(torch.zeros(2), group) == torch.device("cpu")
+    assert step_device(torch.zeros(2, device="meta"), group) == torch.device("meta")
+    step = new_step(torch.zeros(2, device="meta"), group, 3.0)
+    assert (step.device.type, step.dtype, step.shape) == ("meta", torch.float32, ())
+    assert float(new_step(torch.zeros(2), group, 3.0)) == 3.0

@@ -160,13 +160,21 @@ def text_stream(json_target: str | None) -> IO[str]:
 
 
 def write_json(data: Any, target: str) -> None:
-    """Write ``data`` as indented JSON to the file ``target``, or to stdout for ``-``."""
+    """Write ``data`` as indented JSON to the file ``target``, or to stdout for ``-``.
+    A regular file is replaced whole (written beside it, then renamed), so a
+    process stopped while writing leaves the previous version, never half of
+    one; anything else (``/dev/stdout``, a pipe) is written as it is."""
     text = json.dumps(data, indent=1, ensure_ascii=False)
     if target == "-":
         print(text)
-    else:
+    elif os.path.exists(target) and not os.path.isfile(target):
         with open(target, "w") as f:
             f.write(text + "\n")
+    else:
+        partial = f"{target}.partial"
+        with open(partial, "w") as f:
+            f.write(text + "\n")
+        os.replace(partial, target)
 
 
 @contextmanager

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _get_scalar_dtype
 
 from . import quant
+from .plan import new_step
 from .precision import put_buffer, storage_refusal, to_storage
 
 __all__ = ["import_moments", "MOMENT_NAMES"]
@@ -72,10 +72,7 @@ def import_moments(
             raise ValueError(f"parameter {i}: unknown moment names {sorted(unknown)}; use {MOMENT_NAMES}")
         if "square_avg" not in entry:
             raise ValueError(f"parameter {i}: square_avg is required")
-        step_device = p.device if group["capturable"] else None
-        state: dict[str, Any] = {
-            "step": torch.tensor(float(count), dtype=_get_scalar_dtype(), device=step_device)
-        }
+        state: dict[str, Any] = {"step": new_step(p, group, count)}
         for name, value in entry.items():
             put_buffer(state, name, _stored(p, group["state_precision"], name, value, f"parameter {i}"))
         new_states.append(state)

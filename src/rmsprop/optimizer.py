@@ -19,7 +19,6 @@ from torch import Tensor
 from torch.optim.optimizer import (
     Optimizer,
     ParamsT,
-    _get_scalar_dtype,
     _global_optimizer_post_hooks,
     _global_optimizer_pre_hooks,
     _use_grad_for_differentiable,
@@ -27,7 +26,7 @@ from torch.optim.optimizer import (
 
 from .checkpoint import KNOB_MODES, LAYOUT_VERSION, check_layout, settle
 from .finite import check_max_norm, check_policy, grad_norms, verdict
-from .plan import GroupPlan, check_settings, new_state, plan_group, run_group
+from .plan import GroupPlan, check_settings, new_state, new_step, plan_group, run_group, step_device
 from .precision import storage_refusal
 from .presets import KNOBS, get_preset
 from .settings import SETTINGS, check_group
@@ -447,9 +446,12 @@ class RMSprop(Optimizer):
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 step = p_state.get("step") if p_state else None
-                if step is not None and not (torch.is_tensor(step) and step.is_floating_point()):
-                    device = p.device if group["capturable"] else None
-                    p_state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype(), device=device)
+                if step is None:
+                    continue
+                if not (torch.is_tensor(step) and step.is_floating_point()):
+                    p_state["step"] = new_step(p, group, float(step))
+                elif step.device != step_device(p, group):  # e.g. a CPU run's checkpoint on a GPU
+                    p_state["step"] = step.to(step_device(p, group))
 
     def _plan(self) -> list[GroupPlan]:
         """Every group's step, decided (:mod:`rmsprop.plan`); nothing written."""

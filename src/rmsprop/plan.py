@@ -414,10 +414,24 @@ def _share(opt: RMSprop, state: dict[str, Any]) -> None:
                 value.share_memory_()
 
 
+def new_step(p: Tensor, group: dict[str, Any], count: float = 0.0) -> Tensor:
+    """``p``'s step count, a 0-d float32 tensor (PyTorch's layout): on the CPU
+    for a CPU parameter unless the group is capturable, as PyTorch keeps it,
+    and on the parameter's device for a parameter on an accelerator, as
+    PyTorch's fused and capturable optimizers keep it. There a step never
+    copies it to or from the host: the fused path adds to it on the device,
+    under a ``nonfinite="skip"`` verdict that stays on the device."""
+    return torch.tensor(float(count), dtype=_get_scalar_dtype(), device=step_device(p, group))
+
+
+def step_device(p: Tensor, group: dict[str, Any]) -> torch.device:
+    """Where :func:`new_step` puts ``p``'s step count."""
+    return p.device if group["capturable"] or not p.is_cpu else torch.device("cpu")
+
+
 def new_state(p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
     """Fresh state for ``p``: PyTorch's keys, the buffers the knobs use."""
-    step_device = p.device if group["capturable"] else None
-    state: dict[str, Any] = {"step": torch.zeros((), dtype=_get_scalar_dtype(), device=step_device)}
+    state: dict[str, Any] = {"step": new_step(p, group)}
     precision = group["state_precision"]
     put_buffer(state, "square_avg", new_buffer(p, precision, "square_avg", group["initial_square_avg"]))
     if group["momentum"] != 0:

@@ -235,8 +235,23 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
     if memory_bytes is not None:
         print(f"device memory free at start: {memory_bytes / 2**30:.1f} GiB", file=out)
 
+    settings: dict[str, Any] = {"suites": suites, "configs": configs, "rounds": rounds, "paths": paths,
+                                "max_size": args.max_size, "compile_max_tensors": args.compile_max_tensors,
+                                "target_round_s": target_round_s, "threads": torch.get_num_threads(),
+                                "dtype": "float32", "time_limit_s": args.time_limit,
+                                "memory_bytes": memory_bytes, "complete": False}
     unique: dict[tuple, CaseResult] = {}
     shown: list[tuple[Case, CaseResult]] = []
+
+    def save() -> None:
+        """With --json FILE, every case measured so far, written after each case (settings' "complete"
+        says whether the run ended), so that a run stopped from outside keeps what it measured, as
+        scripts/gpu_check.py stops one at its time limit."""
+        if args.json:
+            goal_lines = goals(list(unique.values()), roofline)
+            write_json(to_json(machine, settings, roofline, shown, goal_lines, time.perf_counter() - started),
+                       args.json)
+
     progress = Progress(sum(len(paths) * (rounds + 1) for c in {c.key: c for c in cases}),
                         enabled=not args.no_progress)
     group = None
@@ -262,6 +277,8 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
             shown.append((case, cr))
             progress.clear()
             print("\n".join(case_rows(cr, case, roofline)), file=out, flush=True)
+            if args.json != "-":  # (stdout takes the whole run's JSON once, at the end)
+                save()
     progress.clear()
     print("\n" + LEGEND, file=out)
 
@@ -275,13 +292,8 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
     print(f"\nbench took {elapsed:.0f} s" + (f"; load average {load[0]:.2f} at the end" if load else ""),
           file=out)
 
-    settings: dict[str, Any] = {"suites": suites, "configs": configs, "rounds": rounds, "paths": paths,
-                                "max_size": args.max_size, "compile_max_tensors": args.compile_max_tensors,
-                                "target_round_s": target_round_s, "threads": torch.get_num_threads(),
-                                "dtype": "float32", "time_limit_s": args.time_limit,
-                                "memory_bytes": memory_bytes}
-    if args.json:
-        write_json(to_json(machine, settings, roofline, shown, goal_lines, elapsed), args.json)
+    settings["complete"] = True
+    save()
     if args.out:
         plot(args.out, shown, roofline, machine)
         print(f"plot written to {args.out}", file=out)

@@ -189,8 +189,12 @@ _QUANTIZED_OPTIONS: _Options = {**_INDUCTOR_OPTIONS, "realize_reads_threshold": 
 SERIAL_BELOW = 32768
 
 
-def _options(quantized: bool, numel: int) -> _Options:
-    """Inductor's options for a group of ``numel`` parameter elements."""
+def _options(quantized: bool, numel: int, cpu: bool) -> _Options:
+    """Inductor's options for a group of ``numel`` parameter elements (both
+    exceptions to Inductor's defaults were measured on its CPU backend only,
+    and the GPU backend keeps them)."""
+    if not cpu:
+        return _INDUCTOR_OPTIONS
     options = _QUANTIZED_OPTIONS if quantized else _INDUCTOR_OPTIONS
     return {**options, "cpp.threads": 1} if numel < SERIAL_BELOW else options
 
@@ -334,8 +338,8 @@ def _run(args: tuple, quantized: bool) -> None:
     tensors, key = _key(args)
     entry = _lookup(tensors, key)
     if entry is None:
-        numel = sum(x.numel() for x in args[0])
-        entry = _Compiled(_layout(tensors), _compile(args, tensors, _options(quantized, numel)))
+        options = _options(quantized, sum(x.numel() for x in args[0]), args[0][0].is_cpu)
+        entry = _Compiled(_layout(tensors), _compile(args, tensors, options))
         guard = layout_guard(tensors)
         if guard is not None:
             entry.guards.append(guard)
