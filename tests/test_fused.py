@@ -481,3 +481,36 @@ def test_a_second_process_reuses_the_on_disk_cache(tmp_path):
                            check=True).stdout.split() for _ in range(2)]
     (hit1, miss1), (hit2, miss2) = [tuple(map(int, r[-2:])) for r in runs]
     assert miss1 >= 1 and hit2 >= 1 and miss2 == 0, runs
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_the_pass_under_an_on_device_verdict_never_leaves_the_device(precision):
+    """nonfinite="skip" on an accelerator: the verdict stays on the device and the pass writes every
+    value under it, the step counts included, so no value may cross to the host. Traced here on the
+    meta device, which stands for an accelerator (CI has none): every value of the traced pass is on
+    it. With the counts on the CPU, as they were, the trace cannot even be made: the pass copies a
+    device value into a host tensor (tests/test_cuda.py checks the same with CUDA's sync debug mode)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from rmsprop.plan import new_state
+    from rmsprop.precision import get_buffer
+    from rmsprop.settings import hyper_from
+
+    group = rmsprop.RMSprop([torch.nn.Parameter(torch.zeros(1))], momentum=0.9, centered=True,
+                            state_precision=precision).param_groups[0]
+    params = [torch.empty(4099, device="meta"), torch.empty(8, 4, device="meta")]  # int8: one quantized
+    states = [new_state(p, group) for p in params]
+    buffers = [[get_buffer(s, key) for s in states] for key in ("square_avg", "grad_avg", "momentum_buffer")]
+    steps = [s["step"] for s in states]
+    finite = torch.empty((), dtype=torch.bool, device="meta")
+
+    def one_pass(params, grads, steps, finite):
+        fused._step_group(params, grads, *buffers, steps, (0, 1), hyper_from(group), torch.float32, finite,
+                          None, [], None, False, [], [], True)
+
+    grads = [torch.empty_like(p) for p in params]
+    graph = make_fx(one_pass)(params, grads, steps, finite)
+    values = [n.meta["val"] for n in graph.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+    assert len(values) > 20 and {v.device.type for v in values} == {"meta"}
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
+        make_fx(one_pass)(params, grads, [torch.zeros(()) for _ in params], finite)  # counts on the host
