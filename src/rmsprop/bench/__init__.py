@@ -224,7 +224,8 @@ def _bench(args: argparse.Namespace, device: torch.device) -> int:
     started = time.perf_counter()
     machine = machine_info(device)
     print(machine_line(machine), file=out)
-    probe_numel = 2**20 if quick_only else (2**26 if device.type == "cuda" else default_probe_numel())
+    # on a GPU, 1 GiB arrays: a launch and a sync are then about 1% of a probe's time (2**26 left 5-15%)
+    probe_numel = 2**20 if quick_only else (2**28 if device.type == "cuda" else default_probe_numel())
     roofline = measure_roofline(device, probe_numel, reps=3 if quick_only else 10)
     probes = ", ".join(f"{p.name} {p.gbps:.1f}" for p in roofline.probes)
     print(f"roofline: {roofline.gbps:.1f} GB/s, best of {probes} GB/s "
