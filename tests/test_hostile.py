@@ -130,6 +130,24 @@ def _with_a_quantized_tensor(data, precision: str, dtypes: tuple[torch.dtype, ..
     return case_specs
 
 
+def _both_paths_bit_for_bit(data, case_specs: list[Spec], case_knobs: dict, storage: dict) -> Trial:
+    """Draw the gradients and a seed, step the reference and the foreach path with the knobs and the
+    storage settings, and hold them to the same bits and both to sanity at every step; the
+    reference's trial, stepped."""
+    profiles = data.draw(grad_profiles(len(case_specs), STEPS), label="gradient profiles")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    ref = Trial(case_specs, {**case_knobs, **storage}, seed, foreach=False)
+    fe = Trial(case_specs, {**case_knobs, **storage}, seed, foreach=True)
+    for t, step_profiles in enumerate(profiles):
+        inputs_finite = all(finite(x) for x in ref.tensors() + ref.grads(t, step_profiles))
+        overflowed = overflows(ref, t, step_profiles, case_knobs)  # (replayed in float64, plain storage)
+        ref.step(t, step_profiles)
+        fe.step(t, step_profiles)
+        _assert_same_bits(fe.tensors(), ref.tensors(), f"step {t}")
+        _assert_sane(ref, [inputs_finite and not overflowed] * len(ref.params), f"step {t}")
+    return ref
+
+
 def _check_kahan_reference_against_foreach(data) -> None:
     """kahan_summation (bfloat16 parameters, a wider state): both paths read
     θ + c and write θ and c with the same helpers, so they agree bit for bit."""
@@ -137,17 +155,7 @@ def _check_kahan_reference_against_foreach(data) -> None:
     case_specs = _with_a_quantized_tensor(data, precision, (torch.bfloat16,))
     case_knobs = data.draw(knobs(), label="knobs")
     storage = {"kahan_summation": True, "state_precision": precision}
-    profiles = data.draw(grad_profiles(len(case_specs), STEPS), label="gradient profiles")
-    seed = data.draw(st.integers(0, 2**16), label="seed")
-    ref = Trial(case_specs, {**case_knobs, **storage}, seed, foreach=False)
-    fe = Trial(case_specs, {**case_knobs, **storage}, seed, foreach=True)
-    for t, step_profiles in enumerate(profiles):
-        inputs_finite = all(finite(x) for x in ref.tensors() + ref.grads(t, step_profiles))
-        overflowed = overflows(ref, t, step_profiles, case_knobs)  # (replayed in float64, without c)
-        ref.step(t, step_profiles)
-        fe.step(t, step_profiles)
-        _assert_same_bits(fe.tensors(), ref.tensors(), f"step {t}")
-        _assert_sane(ref, [inputs_finite and not overflowed] * len(ref.params), f"step {t}")
+    _both_paths_bit_for_bit(data, case_specs, case_knobs, storage)
 
 
 @pytest.mark.parametrize("n_examples", [pytest.param(20, id="20"),
@@ -167,18 +175,8 @@ def _check_state_precision_reference_against_foreach(data, tally) -> None:
     case_knobs = data.draw(knobs(), label="knobs")
     # (stochastic rounding refuses float16 parameters with a clear error, tested in test_low_precision.py)
     rounding = all(s.dtype != torch.float16 for s in case_specs) and data.draw(st.booleans(), label="sr")
-    storage = {"state_precision": precision, "stochastic_rounding": rounding}
-    profiles = data.draw(grad_profiles(len(case_specs), STEPS), label="gradient profiles")
-    seed = data.draw(st.integers(0, 2**16), label="seed")
-    ref = Trial(case_specs, {**case_knobs, **storage}, seed, foreach=False)
-    fe = Trial(case_specs, {**case_knobs, **storage}, seed, foreach=True)
-    for t, step_profiles in enumerate(profiles):
-        inputs_finite = all(finite(x) for x in ref.tensors() + ref.grads(t, step_profiles))
-        overflowed = overflows(ref, t, step_profiles, case_knobs)
-        ref.step(t, step_profiles)
-        fe.step(t, step_profiles)
-        _assert_same_bits(fe.tensors(), ref.tensors(), f"step {t}")
-        _assert_sane(ref, [inputs_finite and not overflowed] * len(ref.params), f"step {t}")
+    ref = _both_paths_bit_for_bit(data, case_specs, case_knobs,
+                                  {"state_precision": precision, "stochastic_rounding": rounding})
     narrow = {"bf16": torch.bfloat16, "int8": torch.uint8}.get(precision)
     tally["examples"] += 1
     tally[precision] += any(t.dtype == narrow for state in ref.opt.state.values() for t in state.values())

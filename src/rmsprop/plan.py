@@ -421,7 +421,8 @@ def new_step(p: Tensor, group: dict[str, Any], count: float = 0.0) -> Tensor:
     PyTorch's fused and capturable optimizers keep it. There a step never
     copies it to or from the host: the fused path adds to it on the device,
     under a ``nonfinite="skip"`` verdict that stays on the device."""
-    return torch.tensor(float(count), dtype=_get_scalar_dtype(), device=step_device(p, group))
+    # (a fill, not a copy from a host number: no transfer on an accelerator)
+    return torch.full((), float(count), dtype=_get_scalar_dtype(), device=step_device(p, group))
 
 
 def step_device(p: Tensor, group: dict[str, Any]) -> torch.device:

@@ -175,11 +175,14 @@ def stream_library() -> ctypes.CDLL:
 
 def stream_step(arrays: list[list[torch.Tensor]]) -> Callable[[], None]:
     """A C loop that moves what a fused fp32 step moves over the same tensor
-    sizes: for each entry of ``arrays``, ``[theta, g, v]`` (a plain step's
-    pattern) or ``[theta, g, v, m, b]`` (centered with momentum), contiguous
-    float32 tensors of one size, overwritten. Returns the call that runs it
-    once over every entry, on as many threads as PyTorch uses: the floor a
-    fused step's kernels can be held to in the same round of a benchmark."""
+    sizes: one entry of ``arrays`` per tensor of the step, every entry
+    ``[theta, g, v]`` (a plain step's pattern) or every entry ``[theta, g, v,
+    m, b]`` (centered with momentum), contiguous float32 tensors of one size
+    each, overwritten. Returns the call that runs it once over every entry
+    in one parallel region (as a fused step's kernel loops over its tensors),
+    on as many threads as PyTorch uses: the reference a fused step's kernels
+    are held to in the same round of a benchmark. Raises ValueError for
+    other entries."""
     lib = stream_library()
     width = len(arrays[0]) if arrays else 3
     for entry in arrays:
